@@ -163,7 +163,12 @@ def load_image_dataset(
             raise ValueError(f"load_image_dataset: {source} contains no image files") from err
     elif _is_saved_dataset(dataset_name):
         source = f"dataset_name={dataset_name!r} (a save_to_disk folder)"
-        dataset = datasets.load_from_disk(dataset_name)
+        try:
+            dataset = datasets.load_from_disk(dataset_name)
+        except IndexError as err:  # datasets cannot reload a saved dataset with 0 rows (0 arrow shards)
+            raise ValueError(
+                f"load_image_dataset: {source} holds no arrow shards: the dataset is empty"
+            ) from err
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
                 raise ValueError(
