@@ -89,7 +89,10 @@ class InceptionFeatureExtractor(nn.Module):
 
     def __init__(self, weights_path: str | None = None, quantize: bool = True) -> None:
         super().__init__()
-        self.net = torch.jit.load(weights_path or inception_weights_path(), map_location="cpu").eval()
+        path = weights_path or inception_weights_path()
+        with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript loading; the file is TorchScript
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            self.net = torch.jit.load(path, map_location="cpu").eval()
         self.quantize = quantize
 
     @torch.no_grad()
