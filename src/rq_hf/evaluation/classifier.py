@@ -17,7 +17,7 @@ from torch import nn
 
 
 class SmallImageClassifier(nn.Module):
-    """Three conv stages (3x3 convs, SiLU, average pooling), global pooling, a feature layer, a linear head.
+    """Three conv stages (3x3 conv, BatchNorm, SiLU; avg pooling), global pooling, feature layer, linear head.
 
     Works for any image size of at least 4x4. ``features(x)`` is the penultimate activation
     (B, feature_dim); ``forward(x)`` the class logits (B, num_classes).
@@ -29,7 +29,7 @@ class SmallImageClassifier(nn.Module):
         feature_dim: size of the penultimate feature vector.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, feature_dim: int = 128):
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, feature_dim: int = 128):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
                             ("feature_dim", feature_dim)):
@@ -39,12 +39,14 @@ class SmallImageClassifier(nn.Module):
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         w = width
+
+        def conv(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.SiLU()]
+
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.SiLU(),
+            *conv(in_channels, w), *conv(w, w), nn.AvgPool2d(2),
+            *conv(w, 2 * w), *conv(2 * w, 2 * w), nn.AvgPool2d(2),
+            *conv(2 * w, 4 * w),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
             nn.Linear(4 * w, feature_dim), nn.SiLU(),
         )
@@ -58,6 +60,8 @@ class SmallImageClassifier(nn.Module):
                 fan_in = module.weight[0].numel()
                 bound = 1.0 / math.sqrt(fan_in)
                 nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()  # deterministic: ones, zeros and fresh running statistics
 
     def _check(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != self.in_channels:
@@ -95,7 +99,7 @@ def train_classifier(
     batch_size: int = 128,
     learning_rate: float = 2e-3,
     weight_decay: float = 1e-4,
-    width: int = 32,
+    width: int = 16,
     feature_dim: int = 128,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
