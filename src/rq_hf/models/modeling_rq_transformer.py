@@ -59,13 +59,18 @@ to the weights as flat remote code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_rq_transformer import RQTransformerConfig
@@ -444,6 +449,200 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 f"got values in [{int(labels.min())}, {int(labels.max())}]."
             )
         return F.cross_entropy(logits.reshape(-1, vocab_size).float(), labels.reshape(-1))
+
+    # ------------------------------------------------------------------ sampling
+
+    def _per_depth(self, name: str, value: object, check: Callable[[object], bool], expected: str) -> list:
+        """Broadcast one value (or None) to a list with one value per depth, checking each one."""
+        depth = self.config.code_depth
+        values = list(value) if isinstance(value, (list, tuple)) else [value] * depth
+        if len(values) != depth:
+            raise ValueError(
+                f"`{name}` must be one value or a list of {depth} (one per depth), got {value!r}."
+            )
+        for item in values:
+            if item is not None and not check(item):
+                raise ValueError(
+                    f"`{name}` must be {expected} (or a list of them, one per depth), got {value!r}."
+                )
+        return values
+
+    def _logits_warpers(self, temperature: float, top_k: int | None, top_p: float | None) -> list:
+        """transformers' warpers for one depth, built once per call (not once per step)."""
+        warpers = []
+        if temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(float(temperature)))
+        if top_k is not None and top_k < self.config.vocab_size:
+            warpers.append(TopKLogitsWarper(top_k=int(top_k)))
+        if top_p is not None and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=float(top_p)))
+        return warpers
+
+    @staticmethod
+    def _sample(
+        probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
+    ) -> torch.Tensor:
+        """One code per row; with a list of generators, row i draws from generator i."""
+        if isinstance(generator, list):
+            rows = [torch.multinomial(probs[i:i + 1], 1, generator=g) for i, g in enumerate(generator)]
+            return torch.cat(rows)
+        return torch.multinomial(probs, 1, generator=generator)
+
+    @torch.no_grad()
+    def generate_codes(
+        self,
+        batch_size: int | None = None,
+        class_labels: torch.LongTensor | Sequence[int] | None = None,
+        top_k: int | Sequence[int] | None = None,
+        top_p: float | Sequence[float] | None = None,
+        temperature: float = 1.0,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        use_cache: bool = True,
+        prefix_codes: torch.LongTensor | None = None,
+        num_prefix_positions: int = 0,
+        callback: Callable[[int, int, torch.LongTensor], None] | None = None,
+    ) -> torch.LongTensor:
+        """Sample code maps autoregressively: h * w spatial steps, each followed by D depth steps.
+
+        Args:
+            batch_size: number of code maps; defaults to the number of `class_labels`, of `prefix_codes` or of
+                generators in a `generator` list.
+            class_labels: long (batch,) in [0, num_classes) (or one int for all) for class-conditional models;
+                must be None for unconditional models.
+            top_k: keep the k most likely codes (one value, or a list with one value per depth); >= 1.
+            top_p: nucleus sampling mass in (0, 1] (one value or one per depth).
+            temperature: > 0; divides the logits.
+            guidance_scale: classifier-free guidance scale s >= 0 (class-conditional models only); with s != 1
+                the conditional and null-class rows run in one batch and the logits become
+                uncond + s * (cond - uncond).
+            generator: a `torch.Generator`, or a list with one per sample (per-sample reproducibility).
+            use_cache: keep keys/values of both transformers; `False` recomputes every prefix (same codes).
+            prefix_codes: long (batch, h, w, D) whose first `num_prefix_positions` positions (raster order)
+                are kept; the rest is sampled (completion).
+            num_prefix_positions: number of kept positions, in [0, h * w].
+            callback: called as `callback(position, num_positions, codes)` after each sampled position
+                (`position` is the 0-based raster index just completed, `num_positions = h * w`, `codes` the
+                (batch, h, w, D) codes so far; positions from `num_prefix_positions` on).
+
+        Returns:
+            long (batch, h, w, D) codes.
+        """
+        height, width, depth = self.config.code_shape
+        num_positions = height * width
+        device = self.output_proj.weight.device
+
+        # ---- arguments
+        if isinstance(generator, (list, tuple)):
+            generator = list(generator)
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
+            raise ValueError(f"`generator` must be a torch.Generator or a list of them, got {generator!r}.")
+        if batch_size is None:
+            if class_labels is not None and not isinstance(class_labels, int):
+                batch_size = len(class_labels)
+            elif prefix_codes is not None and isinstance(prefix_codes, torch.Tensor):
+                batch_size = prefix_codes.shape[0]
+            elif isinstance(generator, list):
+                batch_size = len(generator)
+            else:
+                raise ValueError(
+                    "`batch_size` must be given when no class_labels, prefix_codes or generator list fix it, "
+                    "got None."
+                )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` list must have one generator per sample ({batch_size}), got {len(generator)}."
+            )
+        condition_ids = self._condition_ids(class_labels, batch_size, allow_null=False)
+
+        def is_number(x: object) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        if not is_number(temperature) or not temperature > 0:
+            raise ValueError(f"`temperature` must be a number > 0, got {temperature!r}.")
+        def is_count(x: object) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+        top_ks = self._per_depth("top_k", top_k, is_count, "an integer >= 1")
+        top_ps = self._per_depth("top_p", top_p, lambda p: is_number(p) and 0 < p <= 1, "a number in (0, 1]")
+        if not is_number(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
+        guided = guidance_scale != 1.0
+        if guided and self.config.num_classes is None:
+            raise ValueError(
+                "`guidance_scale` must be 1.0 for an unconditional model (num_classes=None), "
+                f"got {guidance_scale!r}."
+            )
+        if isinstance(num_prefix_positions, bool) or not isinstance(num_prefix_positions, int) or not (
+            0 <= num_prefix_positions <= num_positions
+        ):
+            raise ValueError(
+                f"`num_prefix_positions` must be an integer in [0, {num_positions}], "
+                f"got {num_prefix_positions!r}."
+            )
+        if prefix_codes is not None:
+            self._check_codes(prefix_codes, "prefix_codes")
+            if prefix_codes.shape[0] != batch_size:
+                raise ValueError(
+                    f"`prefix_codes` must have batch size {batch_size}, got {prefix_codes.shape[0]}."
+                )
+        elif num_prefix_positions > 0:
+            raise ValueError("`prefix_codes` must be given when num_prefix_positions > 0, got None.")
+
+        # ---- state: one row per sample, plus one null-class row per sample under guidance
+        rows = 2 * batch_size if guided else batch_size
+        if guided:
+            condition_ids = torch.cat([condition_ids, torch.full_like(condition_ids, self.null_class_index)])
+        codes = torch.zeros(rows, num_positions, depth, dtype=torch.long, device=device)
+        if prefix_codes is not None:
+            prefix = prefix_codes.to(device).reshape(batch_size, num_positions, depth)
+            codes[:batch_size] = prefix
+            if guided:
+                codes[batch_size:] = prefix
+        warpers = [self._logits_warpers(temperature, top_ks[d], top_ps[d]) for d in range(depth)]
+        spatial_cache = RQKeyValueCache(self.config.num_spatial_layers, num_positions) if use_cache else None
+        depth_cache = RQKeyValueCache(self.config.num_depth_layers, depth) if use_cache else None
+        depth_positions = self.depth_position_embedding[0]
+        output = codes[:batch_size].view(batch_size, height, width, depth)
+
+        for position in range(num_prefix_positions, num_positions):
+            # Spatial step: the context of `position` (with the cache, only the new tokens go in).
+            first = position if use_cache and position > num_prefix_positions else 0
+            inputs = self._spatial_inputs(condition_ids, codes, first, position + 1)
+            context = self.spatial_transformer(inputs, spatial_cache)[:, -1]
+
+            # Depth steps: depth 0 sees the context, depth d the projected sum of the codes before it.
+            depth_input = context + depth_positions[0]
+            depth_inputs = []
+            code_sum = None
+            if use_cache:
+                depth_cache.reset()
+            for d in range(depth):
+                if d > 0:
+                    embedded = self.code_embeddings(codes[:, position, d - 1])
+                    code_sum = embedded if code_sum is None else code_sum + embedded
+                    depth_input = self.depth_input_proj(code_sum) + depth_positions[d]
+                if use_cache:
+                    hidden = self.depth_transformer(depth_input[:, None], depth_cache)[:, -1]
+                else:
+                    depth_inputs.append(depth_input)
+                    hidden = self.depth_transformer(torch.stack(depth_inputs, dim=1))[:, -1]
+                logits = self._code_logits(hidden).float()
+                if guided:
+                    conditional, unconditional = logits.chunk(2)
+                    logits = unconditional + guidance_scale * (conditional - unconditional)
+                for warper in warpers[d]:
+                    logits = warper(None, logits)
+                sampled = self._sample(torch.softmax(logits, dim=-1), generator)[:, 0]
+                codes[:batch_size, position, d] = sampled
+                if guided:
+                    codes[batch_size:, position, d] = sampled
+            if callback is not None:
+                callback(position, num_positions, output)
+        return output.clone()
 
 
 def _register_auto_classes() -> None:
