@@ -102,6 +102,11 @@ def main() -> None:
             ("RQ 8x8x4, cache, bf16 autocast", rq, dict(bf16=True)),
             ("flat 16x16x1, cache, bf16 autocast", flat, dict(bf16=True)),
         ]
+    if not args.no_bf16:
+        rq16 = build((8, 8, 4), vocab, hidden, *rq_layers, heads, args.device).to(torch.bfloat16)
+        flat16 = build((16, 16, 1), vocab, hidden, *flat_layers, heads, args.device).to(torch.bfloat16)
+        rows += [("RQ 8x8x4, cache, bf16 weights", rq16, dict()),
+                 ("flat 16x16x1, cache, bf16 weights", flat16, dict())]
     if args.compile:
         for model in (rq, flat):
             for stack in (model.spatial_transformer, model.depth_transformer):

@@ -68,7 +68,6 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
-    TopKLogitsWarper,
     TopPLogitsWarper,
 )
 from transformers.utils import ModelOutput
@@ -467,13 +466,16 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 )
         return values
 
-    def _logits_warpers(self, temperature: float, top_k: int | None, top_p: float | None) -> list:
-        """transformers' warpers for one depth, built once per call (not once per step)."""
+    def _logits_warpers(self, temperature: float, top_p: float | None) -> list:
+        """transformers' warpers for one depth, built once per call (not once per step).
+
+        Top-k is applied before them by keeping only the k best logits (`torch.topk`): the same distribution
+        as `TopKLogitsWarper` followed by a softmax over all K codes, but softmax, top-p and the multinomial
+        draw then run over k instead of K candidates (K = 16384, k = 1024 in the paper's setting).
+        """
         warpers = []
         if temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(float(temperature)))
-        if top_k is not None and top_k < self.config.vocab_size:
-            warpers.append(TopKLogitsWarper(top_k=int(top_k)))
         if top_p is not None and top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p=float(top_p)))
         return warpers
@@ -602,7 +604,8 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             codes[:batch_size] = prefix
             if guided:
                 codes[batch_size:] = prefix
-        warpers = [self._logits_warpers(temperature, top_ks[d], top_ps[d]) for d in range(depth)]
+        warpers = [self._logits_warpers(temperature, top_ps[d]) for d in range(depth)]
+        top_ks = [k if k is not None and k < self.config.vocab_size else None for k in top_ks]
         spatial_cache = RQKeyValueCache(self.config.num_spatial_layers, num_positions) if use_cache else None
         depth_cache = RQKeyValueCache(self.config.num_depth_layers, depth) if use_cache else None
         depth_positions = self.depth_position_embedding[0]
@@ -634,9 +637,13 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 if guided:
                     conditional, unconditional = logits.chunk(2)
                     logits = unconditional + guidance_scale * (conditional - unconditional)
+                candidates = None
+                if top_ks[d] is not None:
+                    logits, candidates = logits.topk(top_ks[d], dim=-1)
                 for warper in warpers[d]:
                     logits = warper(None, logits)
-                sampled = self._sample(torch.softmax(logits, dim=-1), generator)[:, 0]
+                sampled = self._sample(torch.softmax(logits, dim=-1), generator)
+                sampled = (sampled if candidates is None else candidates.gather(1, sampled))[:, 0]
                 codes[:batch_size, position, d] = sampled
                 if guided:
                     codes[batch_size:, position, d] = sampled
