@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     val_rows = with_image_transform(val_rows, val_transform, args.image_column)
     validation_images = collate_images([val_rows[i] for i in range(len(val_rows))])["pixel_values"]
     train_dataset = with_image_transform(dataset, transform, args.image_column,
-                                         on_decode_error=args.on_decode_error)
+                                         on_decode_error=args.on_decode_error, seed=args.seed)
     train_dataloader = accelerator.prepare(make_train_dataloader(train_dataset, args, collate_images))
     schedule = compute_schedule(len(train_dataloader), args)
 

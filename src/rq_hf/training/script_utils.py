@@ -530,7 +530,8 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
     """Yield ``(epoch, batch)`` from ``progress.epoch`` on, skipping the batches a resumed run already saw.
 
     Sets the sampler's epoch (``dataloader.set_epoch``) so the shuffled order depends only on the seed and
-    the epoch, uses ``accelerate.skip_first_batches`` for the first, partly consumed epoch (skipped batches
+    the epoch, tells the dataset's :class:`~rq_hf.training.data.ImageBatchTransform` the epoch (its seeded
+    augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed epoch (skipped batches
     are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch`` up to date. The caller
     stops it (``break``) when ``max_train_steps`` is reached.
     """
@@ -539,6 +540,9 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
     while progress.epoch < schedule.num_train_epochs:
         if hasattr(dataloader, "set_epoch"):
             dataloader.set_epoch(progress.epoch)
+        transform = getattr(dataloader.dataset, "format", {}).get("format_kwargs", {}).get("transform")
+        if hasattr(transform, "set_epoch"):  # per-row seeded augmentations (with_image_transform(seed=...))
+            transform.set_epoch(progress.epoch)
         loader = dataloader
         if progress.batches_in_epoch > 0:
             loader = skip_first_batches(dataloader, progress.batches_in_epoch)
