@@ -1,38 +1,46 @@
 """Reusable building blocks of ``examples/train_rqvae.py`` and ``examples/train_rq_transformer.py``.
 
 Independent of the model classes: losses and discriminator for the RQ-VAE's GAN training, the LPIPS
-perceptual distance, image data loading and transforms, and a weights-and-buffers EMA.
+perceptual distance, image data loading and transforms, a weights-and-buffers EMA, and the script
+machinery both training scripts share (:mod:`rq_hf.training.script_utils`).
+
+The names below are imported lazily (on first attribute access), so that a script can import
+``rq_hf.training.script_utils`` to build its argument parser without paying for torch / datasets /
+diffusers imports: ``--help`` stays fast.
 """
 
-from .adversarial import adaptive_weight, adopt_weight, generator_adversarial_loss, hinge_d_loss
-from .data import (
-    FASHION_MNIST_CLASSES,
-    ImageBatchTransform,
-    ImageTransform,
-    check_image_dataset,
-    collate_images,
-    load_fashion_mnist,
-    load_image_dataset,
-    with_image_transform,
-)
-from .discriminator import PatchGANDiscriminator
-from .ema import make_ema_model
-from .perceptual import LPIPS
+import importlib
+from typing import Any
 
-__all__ = [
-    "FASHION_MNIST_CLASSES",
-    "LPIPS",
-    "ImageBatchTransform",
-    "ImageTransform",
-    "PatchGANDiscriminator",
-    "adaptive_weight",
-    "adopt_weight",
-    "check_image_dataset",
-    "collate_images",
-    "generator_adversarial_loss",
-    "hinge_d_loss",
-    "load_fashion_mnist",
-    "load_image_dataset",
-    "make_ema_model",
-    "with_image_transform",
-]
+_EXPORTS = {
+    "adaptive_weight": "adversarial",
+    "adopt_weight": "adversarial",
+    "generator_adversarial_loss": "adversarial",
+    "hinge_d_loss": "adversarial",
+    "FASHION_MNIST_CLASSES": "data",
+    "ImageBatchTransform": "data",
+    "ImageTransform": "data",
+    "check_image_dataset": "data",
+    "collate_images": "data",
+    "load_fashion_mnist": "data",
+    "load_image_dataset": "data",
+    "with_image_transform": "data",
+    "PatchGANDiscriminator": "discriminator",
+    "make_ema_model": "ema",
+    "LPIPS": "perceptual",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

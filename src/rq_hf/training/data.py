@@ -27,6 +27,7 @@ import torch
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
+    "ROW_INDEX_COLUMN",
     "ImageBatchTransform",
     "ImageTransform",
     "check_image_dataset",
@@ -42,6 +43,8 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+#: Column of row indices added by ``with_image_transform(seed=...)`` (per-row augmentation seeds).
+ROW_INDEX_COLUMN = "__row_index__"
 FASHION_MNIST_HUB_ID = "fashion_mnist"
 _FASHION_MNIST_FILES = {"train": "train", "test": "t10k"}
 
@@ -328,6 +331,13 @@ class ImageBatchTransform:
 
     Output rows: ``pixel_values`` (tensor or None), ``class_labels`` (when ``label_column`` is given) and
     ``image_source`` (the file path, or ``"<bytes>"``).
+
+    Random augmentations (``seed``): with ``seed=None`` the transform draws from torch's global RNG. With
+    an int ``seed``, each row gets its own ``torch.Generator`` seeded from ``(seed, epoch, row index)``
+    (the row index comes from the :data:`ROW_INDEX_COLUMN` column that :func:`with_image_transform` adds),
+    so an augmentation depends only on the seed, the epoch (:meth:`set_epoch`) and the row: it is the same
+    whichever process, DataLoader worker or resumed run loads the row, and loading data never touches the
+    global RNG (which checkpoints save for the model's own randomness).
     """
 
     def __init__(
@@ -336,11 +346,16 @@ class ImageBatchTransform:
         image_column: str = "image",
         label_column: str | None = None,
         on_decode_error: str = "skip",
+        seed: int | None = None,
     ):
         if on_decode_error not in ("skip", "raise"):
             raise ValueError(
                 f"ImageBatchTransform: `on_decode_error` must be 'skip' or 'raise', got {on_decode_error!r}"
             )
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"ImageBatchTransform: `seed` must be None or an int >= 0, got {seed!r}")
+        self.seed = seed
+        self.epoch = 0
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
@@ -354,9 +369,14 @@ class ImageBatchTransform:
                 f"ImageBatchTransform: `image_column` {self.image_column!r} is not in the batch; "
                 f"got columns {list(batch)}"
             )
+        if self.seed is not None and ROW_INDEX_COLUMN not in batch:
+            raise ValueError(
+                f"ImageBatchTransform: with `seed` the batch needs the {ROW_INDEX_COLUMN!r} column "
+                f"(added by with_image_transform(seed=...)); got columns {list(batch)}"
+            )
         pixel_values: list[torch.Tensor | None] = []
         sources: list[str] = []
-        for value in batch[self.image_column]:
+        for row, value in enumerate(batch[self.image_column]):
             source = _source_of(value)
             sources.append(source)
             try:
@@ -368,11 +388,21 @@ class ImageBatchTransform:
                 logger.warning("Skipping undecodable image %s (%s: %s)", source, type(err).__name__, err)
                 pixel_values.append(None)
                 continue
-            pixel_values.append(self.transform(image))
+            generator = None
+            if self.seed is not None:
+                index = int(batch[ROW_INDEX_COLUMN][row])
+                state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2, np.uint32)
+                generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+            pixel_values.append(self.transform(image, generator=generator))
         out: dict[str, list[Any]] = {"pixel_values": pixel_values, "image_source": sources}
         if self.label_column is not None:
             out["class_labels"] = list(batch[self.label_column])
         return out
+
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations are drawn (only matters with ``seed``)."""
+        self.epoch = int(epoch)
 
 
 def _source_of(value: Any) -> str:
@@ -389,17 +419,25 @@ def with_image_transform(
     image_column: str = "image",
     label_column: str | None = None,
     on_decode_error: str = "skip",
+    seed: int | None = None,
 ) -> datasets.Dataset:
     """Return ``dataset`` with ``image_column`` cast to ``Image(decode=False)`` and an
     :class:`ImageBatchTransform` set with ``with_transform`` (rows are transformed lazily on access).
 
     Only ``image_column`` and ``label_column`` are read. See :class:`ImageBatchTransform` for the rows
-    it yields and for ``on_decode_error``.
+    it yields, ``on_decode_error`` and ``seed`` (which adds a :data:`ROW_INDEX_COLUMN` column). The
+    transform object is ``dataset.format["format_kwargs"]["transform"]``; call its ``set_epoch`` before
+    each epoch (``rq_hf.training.script_utils.iterate_epochs`` does).
     """
     check_image_dataset(dataset, image_column=image_column, label_column=label_column)
     dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
     columns = [image_column] + ([label_column] if label_column is not None else [])
-    batch_transform = ImageBatchTransform(transform, image_column, label_column, on_decode_error)
+    if seed is not None:
+        if ROW_INDEX_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns(ROW_INDEX_COLUMN)
+        dataset = dataset.add_column(ROW_INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
+        columns.append(ROW_INDEX_COLUMN)
+    batch_transform = ImageBatchTransform(transform, image_column, label_column, on_decode_error, seed=seed)
     return dataset.with_transform(batch_transform, columns=columns)
 
 

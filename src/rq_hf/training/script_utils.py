@@ -1,0 +1,730 @@
+"""Machinery shared by ``examples/train_rqvae.py`` and ``examples/train_rq_transformer.py``.
+
+Everything here imports torch / accelerate / datasets / diffusers lazily (inside the functions), so a
+script can build its parser and answer ``--help`` in a fraction of a second.
+
+The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 script uses it like this::
+
+    parser = argparse.ArgumentParser(description=...)
+    add_data_args(parser)                   # --dataset_name, --train_data_dir, --image_column, ...
+    add_optimization_args(parser, learning_rate=3e-4, adam_beta2=0.95, lr_scheduler="cosine")
+    add_bookkeeping_args(parser, output_dir="rq-transformer")
+    add_debug_args(parser)
+    ...script-specific flags...
+    args = parser.parse_args(argv)
+    check_common_args(args)
+
+    accelerator = make_accelerator(args)           # seeds too; seedable, epoch-dependent shuffling
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+    loader = accelerator.prepare(make_train_dataloader(dataset, args, collate_fn))
+    schedule = compute_schedule(len(loader), args)  # after prepare: the loader is sharded
+    lr_scheduler = make_lr_scheduler(optimizer, args, schedule, accelerator.num_processes)
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if resume_path: accelerator.load_state(resume_path)   # restores progress too
+    init_trackers(accelerator, args, "rq-transformer")
+    for epoch, batch in iterate_epochs(loader, progress, schedule):   # resumes mid-epoch exactly
+        ...
+        values = reduce_step_values(accelerator, {"loss": loss.detach()})   # one all-reduce
+        guard_finite(values, progress.global_step + 1, args.output_dir)     # before backward/step
+        ...
+        if accelerator.sync_gradients:
+            progress.global_step += 1
+            maybe_save_checkpoint(accelerator, args, progress.global_step)
+            debug_hooks_after_step(args, progress.global_step)
+            if progress.global_step >= schedule.max_train_steps: break
+    finish(accelerator, args, model_to_save)   # save_pretrained + card + push
+
+Checkpoints are folders ``output_dir/checkpoint-<step>`` written by ``accelerator.save_state`` on every
+process into a temporary folder that the main process renames when all processes are done, so a folder
+named ``checkpoint-<step>`` is always complete (a run killed mid-save leaves only a ``.tmp`` folder that
+the next save removes). ``--checkpoints_total_limit`` removes the oldest ones before a new one is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = [
+    "FASHION_MNIST_NAME",
+    "KNOWN_TRACKERS",
+    "MetricsLog",
+    "NonFiniteLossError",
+    "Schedule",
+    "TrainingProgress",
+    "add_bookkeeping_args",
+    "add_data_args",
+    "add_debug_args",
+    "add_optimization_args",
+    "check_common_args",
+    "compute_schedule",
+    "debug_hooks_after_step",
+    "dump_debug_state",
+    "get_last_checkpoint",
+    "guard_finite",
+    "init_trackers",
+    "iterate_epochs",
+    "load_train_dataset",
+    "make_accelerator",
+    "make_lr_scheduler",
+    "make_train_dataloader",
+    "maybe_save_checkpoint",
+    "push_to_hub",
+    "reduce_step_values",
+    "resolve_report_to",
+    "resolve_resume_checkpoint",
+    "save_checkpoint",
+    "write_model_card",
+]
+
+logger = logging.getLogger(__name__)
+
+#: ``--dataset_name`` value that loads Fashion-MNIST with :func:`rq_hf.training.load_fashion_mnist`
+#: (the Debian ``dataset-fashion-mnist`` files, offline; the Hub dataset elsewhere).
+FASHION_MNIST_NAME = "fashion_mnist"
+#: Trackers ``--report_to`` accepts, with the module that must be importable.
+KNOWN_TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+CHECKPOINT_PREFIX = "checkpoint-"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+# ============================================================================================ arguments
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the image-dataset flags (diffusers names) to ``parser`` and return their group.
+
+    ``--dataset_name`` (Hub id, local ``save_to_disk`` folder, or ``fashion_mnist``), ``--dataset_config_name``,
+    ``--train_data_dir`` (imagefolder), ``--cache_dir``, ``--image_column``, ``--resolution``,
+    ``--center_crop``, ``--random_flip``, ``--pad_to_resolution``, ``--max_train_samples``,
+    ``--on_decode_error``, ``--dataloader_num_workers``.
+    """
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--dataset_name", type=str, default=None,
+        help="A Hub dataset id, a local folder written by `save_to_disk`, or the special value "
+        f"'{FASHION_MNIST_NAME}' (read offline from /usr/share/datasets/fashion-mnist, the Debian package "
+        "dataset-fashion-mnist; the Hub dataset otherwise).",
+    )
+    group.add_argument("--dataset_config_name", type=str, default=None, help="Config of a Hub dataset.")
+    group.add_argument(
+        "--train_data_dir", type=str, default=None,
+        help="A folder of images read with the `imagefolder` builder (instead of --dataset_name).",
+    )
+    group.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache folder.")
+    group.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
+    group.add_argument("--resolution", type=int, default=32, help="Training images are resolution x resolution.")
+    group.add_argument("--center_crop", action="store_true", help="Center crop (default: random crop).")
+    group.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
+    group.add_argument(
+        "--pad_to_resolution", action="store_true",
+        help="Pad (instead of upscaling) images smaller than --resolution; on by default for fashion_mnist "
+        "(28x28 -> 32x32 with a black border).",
+    )
+    group.add_argument(
+        "--max_train_samples", type=int, default=None,
+        help="Keep only the first N training rows (debugging, tiny runs).",
+    )
+    group.add_argument(
+        "--on_decode_error", choices=("skip", "raise"), default="skip",
+        help="An undecodable image is counted and skipped with a warning ('skip') or stops the run with "
+        "the file named ('raise').",
+    )
+    group.add_argument(
+        "--dataloader_num_workers", type=int, default=0,
+        help="DataLoader worker processes. Exact resume of random augmentations needs 0 (the default); the "
+        "data order is exact either way.",
+    )
+    return group
+
+
+def add_optimization_args(
+    parser: argparse.ArgumentParser,
+    *,
+    learning_rate: float = 1e-4,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.999,
+    adam_weight_decay: float = 0.0,
+    lr_scheduler: str = "constant",
+    lr_warmup_steps: int = 0,
+    max_grad_norm: float | None = 1.0,
+    train_batch_size: int = 16,
+) -> argparse._ArgumentGroup:
+    """Add the optimisation flags (diffusers names) to ``parser``; keyword arguments set the defaults.
+
+    ``--train_batch_size`` (per process), ``--num_train_epochs``, ``--max_train_steps`` (overrides the
+    epochs), ``--gradient_accumulation_steps``, ``--gradient_checkpointing``, ``--learning_rate``,
+    ``--scale_lr``, ``--lr_scheduler``, ``--lr_warmup_steps``, ``--adam_beta1/2``, ``--adam_weight_decay``,
+    ``--adam_epsilon``, ``--max_grad_norm`` (0 or negative: no clipping), ``--seed``, ``--mixed_precision``.
+    """
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Batch size per process.")
+    group.add_argument("--num_train_epochs", type=int, default=1)
+    group.add_argument(
+        "--max_train_steps", type=int, default=None,
+        help="Total optimisation steps; overrides --num_train_epochs when given.",
+    )
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for memory.")
+    group.add_argument("--learning_rate", type=float, default=learning_rate)
+    group.add_argument(
+        "--scale_lr", action="store_true",
+        help="Multiply the learning rate by processes x batch size x accumulation steps.",
+    )
+    group.add_argument(
+        "--lr_scheduler", type=str, default=lr_scheduler,
+        help='diffusers scheduler: "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", '
+        '"constant_with_warmup".',
+    )
+    group.add_argument("--lr_warmup_steps", type=int, default=lr_warmup_steps)
+    group.add_argument("--adam_beta1", type=float, default=adam_beta1)
+    group.add_argument("--adam_beta2", type=float, default=adam_beta2)
+    group.add_argument("--adam_weight_decay", type=float, default=adam_weight_decay)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument(
+        "--max_grad_norm", type=float, default=max_grad_norm,
+        help="Gradient clipping norm (<= 0: no clipping).",
+    )
+    group.add_argument("--seed", type=int, default=0, help="Seed of every random number generator.")
+    group.add_argument(
+        "--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+        help="Autocast precision; defaults to the accelerate config. The quantizer always stays in fp32.",
+    )
+    return group
+
+
+def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) -> argparse._ArgumentGroup:
+    """Add output, checkpoint, logging and Hub flags (diffusers names) to ``parser``.
+
+    ``--output_dir``, ``--logging_dir``, ``--checkpointing_steps``, ``--checkpoints_total_limit``,
+    ``--resume_from_checkpoint <path|latest>``, ``--validation_steps``, ``--report_to``,
+    ``--tracker_project_name``, ``--push_to_hub``, ``--hub_model_id``, ``--hub_token``, ``--hub_private``.
+    """
+    group = parser.add_argument_group("bookkeeping")
+    group.add_argument("--output_dir", type=str, default=output_dir, help="Model, checkpoints and logs go here.")
+    group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder inside --output_dir.")
+    group.add_argument(
+        "--checkpointing_steps", type=int, default=500,
+        help="Save the full training state (accelerator.save_state) every N steps into "
+        "output_dir/checkpoint-<step>.",
+    )
+    group.add_argument(
+        "--checkpoints_total_limit", type=int, default=None,
+        help="Keep at most this many checkpoints (the oldest are removed).",
+    )
+    group.add_argument(
+        "--resume_from_checkpoint", type=str, default=None,
+        help='A checkpoint folder, or "latest" for the newest checkpoint in --output_dir (a fresh run when '
+        "there is none). Continues at the same step, optimizer, scheduler, RNG and data position.",
+    )
+    group.add_argument("--validation_steps", type=int, default=500, help="Validate every N steps.")
+    group.add_argument(
+        "--report_to", type=str, default="tensorboard",
+        help='Comma-separated trackers among "tensorboard", "wandb", "trackio", or "all" / "none". A '
+        "tracker that is not installed is reported and skipped; metrics always go to "
+        "output_dir/logs/metrics.jsonl.",
+    )
+    group.add_argument("--tracker_project_name", type=str, default=None, help="Project name of the trackers.")
+    group.add_argument("--push_to_hub", action="store_true", help="Push the final model to the Hub.")
+    group.add_argument("--hub_model_id", type=str, default=None, help="Repo id (default: output_dir's name).")
+    group.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the stored login).")
+    group.add_argument("--hub_private", action="store_true", help="Create the Hub repo as private.")
+    return group
+
+
+def add_debug_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Add the test hooks (they exist for the test-suite; a normal run never needs them).
+
+    - ``--debug_nan_at_step N``: the loss of optimisation step N becomes NaN (a deterministic way to
+      exercise the non-finite-loss guard).
+    - ``--debug_sigkill_at_step N``: after step N is done (and any checkpoint of step N written), the
+      process sends itself SIGKILL (a deterministic crash for the kill-and-resume test).
+    - ``--debug_dump_state``: at the end every process writes its model's state dict to
+      ``output_dir/debug/rank<r>.safetensors`` (to check that all processes hold the same weights and
+      codebooks).
+    """
+    group = parser.add_argument_group("test hooks")
+    group.add_argument("--debug_nan_at_step", type=int, default=None, help="Test hook: NaN loss at step N.")
+    group.add_argument(
+        "--debug_sigkill_at_step", type=int, default=None, help="Test hook: SIGKILL itself after step N."
+    )
+    group.add_argument(
+        "--debug_dump_state", action="store_true",
+        help="Test hook: every process saves its final state dict to output_dir/debug/rank<r>.safetensors.",
+    )
+    return group
+
+
+def _check_positive(args: argparse.Namespace, name: str, allow_none: bool = False) -> None:
+    value = getattr(args, name)
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"`--{name}` must be a positive integer, got {value!r}")
+
+
+def check_common_args(args: argparse.Namespace) -> None:
+    """Validate the flags added by the ``add_*_args`` helpers; raise ``ValueError`` naming the flag."""
+    if getattr(args, "dataset_name", None) is None and getattr(args, "train_data_dir", None) is None:
+        if hasattr(args, "dataset_name"):
+            raise ValueError("give `--dataset_name` or `--train_data_dir`, got neither")
+    if getattr(args, "dataset_name", None) is not None and getattr(args, "train_data_dir", None) is not None:
+        raise ValueError(
+            f"give only one of `--dataset_name` ({args.dataset_name!r}) and `--train_data_dir` "
+            f"({args.train_data_dir!r})"
+        )
+    for name in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps",
+                 "checkpointing_steps", "validation_steps", "resolution"):
+        if hasattr(args, name):
+            _check_positive(args, name)
+    for name in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
+        if hasattr(args, name):
+            _check_positive(args, name, allow_none=True)
+    if getattr(args, "lr_warmup_steps", 0) < 0:
+        raise ValueError(f"`--lr_warmup_steps` must be >= 0, got {args.lr_warmup_steps}")
+    if getattr(args, "learning_rate", 1.0) <= 0:
+        raise ValueError(f"`--learning_rate` must be > 0, got {args.learning_rate}")
+    resolve_report_to(getattr(args, "report_to", "none"), check_only=True)
+
+
+# ============================================================================================ accelerate
+
+
+def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[str]:
+    """Turn ``--report_to`` into the list of installed trackers.
+
+    ``"none"``/empty gives ``[]``; ``"all"`` every installed tracker among :data:`KNOWN_TRACKERS`. A named
+    tracker that is not installed is dropped with a warning saying what to install (the run goes on; its
+    metrics still reach ``metrics.jsonl``). An unknown name raises ``ValueError``.
+    """
+    import importlib.util
+
+    names = [n.strip() for n in (report_to or "none").split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    if names == ["all"]:
+        return [n for n, module in KNOWN_TRACKERS.items() if importlib.util.find_spec(module) is not None]
+    unknown = [n for n in names if n not in KNOWN_TRACKERS]
+    if unknown:
+        raise ValueError(
+            f"`--report_to` must name trackers among {sorted(KNOWN_TRACKERS)} (or 'all'/'none'), got {unknown}"
+        )
+    if check_only:
+        return names
+    available = []
+    for name in names:
+        if importlib.util.find_spec(KNOWN_TRACKERS[name]) is None:
+            logger.warning(
+                "--report_to %s: %s is not installed (`pip install %s`); not logging to it. Metrics are "
+                "still written to output_dir/logs/metrics.jsonl.", name, name, name,
+            )
+        else:
+            available.append(name)
+    return available
+
+
+def make_accelerator(args: argparse.Namespace):
+    """Build the ``Accelerator`` (project folders, mixed precision, trackers, gradient accumulation) and seed.
+
+    The data loaders it prepares shuffle with a seedable, epoch-dependent sampler
+    (``use_seedable_sampler=True``): with ``loader.set_epoch(epoch)`` (done by :func:`iterate_epochs`) the
+    order of every epoch is a function of ``--seed`` and the epoch, so a resumed run sees the same batches.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+
+    logging_dir = os.path.join(args.output_dir, args.logging_dir)
+    project_config = ProjectConfiguration(project_dir=args.output_dir, logging_dir=logging_dir)
+    trackers = resolve_report_to(args.report_to)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=trackers or None,
+        project_config=project_config,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file checkpoint lines are noise
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    if args.seed is not None:
+        set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    return accelerator
+
+
+def init_trackers(accelerator, args: argparse.Namespace, project_name: str) -> None:
+    """Start the trackers with the run's flags as hyper-parameters (main process only; accelerate handles it).
+
+    Values that trackers cannot store (None, lists) are turned into strings.
+    """
+    config = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
+    config.pop("hub_token", None)
+    accelerator.init_trackers(args.tracker_project_name or project_name, config=config)
+
+
+class MetricsLog:
+    """Append-only JSON-lines log of the step metrics (main process): ``output_dir/logs/metrics.jsonl``.
+
+    Always written, whatever the trackers, so runs (and tests) can read the curves back.
+    """
+
+    def __init__(self, accelerator, output_dir: str, logging_dir: str = "logs"):
+        self.accelerator = accelerator
+        self.path = os.path.join(output_dir, logging_dir, "metrics.jsonl")
+        if accelerator.is_main_process:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+
+    def log(self, values: Mapping[str, float], step: int) -> None:
+        """Send ``values`` to the trackers and append them (with ``step``) to the JSONL file."""
+        self.accelerator.log(dict(values), step=step)
+        if self.accelerator.is_main_process:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+
+
+# ============================================================================================ data
+
+
+def load_train_dataset(args: argparse.Namespace, split: str = "train", label_column: str | None = None):
+    """Load the training split named by the data flags, with ``--max_train_samples`` applied.
+
+    ``--dataset_name fashion_mnist`` uses :func:`rq_hf.training.load_fashion_mnist` (and switches
+    ``args.pad_to_resolution`` on). Errors (no source, empty dataset, missing column) are ``ValueError``s
+    from :func:`rq_hf.training.load_image_dataset` naming the flag.
+    """
+    from rq_hf.training.data import check_image_dataset, load_fashion_mnist, load_image_dataset
+
+    if args.dataset_name == FASHION_MNIST_NAME and not os.path.isdir(args.dataset_name):
+        dataset = load_fashion_mnist(split)
+        args.pad_to_resolution = True
+        check_image_dataset(dataset, image_column=args.image_column, label_column=label_column,
+                            source="fashion_mnist")
+    else:
+        dataset = load_image_dataset(
+            dataset_name=args.dataset_name,
+            dataset_config_name=args.dataset_config_name,
+            train_data_dir=args.train_data_dir,
+            split=split,
+            cache_dir=args.cache_dir,
+            image_column=args.image_column,
+            label_column=label_column,
+        )
+    if args.max_train_samples is not None:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    return dataset
+
+
+def make_train_dataloader(dataset, args: argparse.Namespace, collate_fn, shuffle: bool = True):
+    """A shuffling ``DataLoader`` (to be passed to ``accelerator.prepare``, which shards it).
+
+    It owns a ``torch.Generator`` seeded with ``--seed``, so creating its iterators never draws from the
+    global torch RNG (whose state checkpoints save and restore for the model's own randomness).
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(args.seed if args.seed is not None else 0)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=shuffle,
+        collate_fn=collate_fn,
+        num_workers=args.dataloader_num_workers,
+        generator=generator,
+    )
+
+
+# ============================================================================================ schedule
+
+
+@dataclass
+class Schedule:
+    """Step bookkeeping computed from the *prepared* (sharded) dataloader length."""
+
+    num_update_steps_per_epoch: int
+    max_train_steps: int
+    num_train_epochs: int
+    batches_per_epoch: int
+
+
+def compute_schedule(num_batches_per_epoch: int, args: argparse.Namespace) -> Schedule:
+    """Optimisation steps per epoch, total steps and epochs (``--max_train_steps`` wins over epochs).
+
+    Call it with ``len(prepared_dataloader)``: after ``accelerator.prepare`` the loader is sharded, so the
+    steps are those of one process (diffusers' train_vqgan builds its scheduler before knowing this).
+    """
+    if num_batches_per_epoch < 1:
+        raise ValueError(
+            f"the training dataloader has {num_batches_per_epoch} batches per process; "
+            "the dataset is smaller than the number of processes"
+        )
+    per_epoch = max(1, math.ceil(num_batches_per_epoch / args.gradient_accumulation_steps))
+    if args.max_train_steps is None:
+        max_steps = args.num_train_epochs * per_epoch
+    else:
+        max_steps = args.max_train_steps
+    epochs = math.ceil(max_steps / per_epoch)
+    return Schedule(per_epoch, max_steps, epochs, num_batches_per_epoch)
+
+
+def make_lr_scheduler(optimizer, args: argparse.Namespace, schedule: Schedule, num_processes: int):
+    """diffusers ``get_scheduler(--lr_scheduler)`` for ``schedule.max_train_steps`` with ``--lr_warmup_steps``.
+
+    Counts are multiplied by ``num_processes`` because a prepared scheduler steps once per process each
+    optimisation step (accelerate's ``AcceleratedScheduler`` with ``split_batches=False``).
+    """
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=schedule.max_train_steps * num_processes,
+    )
+
+
+# ============================================================================================ progress / resume
+
+
+@dataclass
+class TrainingProgress:
+    """Where the run stands; registered with ``accelerator.register_for_checkpointing`` so that
+    ``save_state`` / ``load_state`` carry it.
+
+    Attributes:
+        global_step: optimisation steps done.
+        epoch: current epoch.
+        batches_in_epoch: batches of the current epoch already consumed by this process (skipped ones
+            included), i.e. how many to skip with ``accelerator.skip_first_batches`` when resuming.
+        num_skipped_images: undecodable images skipped so far (summed over processes).
+    """
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    num_skipped_images: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        for key, value in state.items():
+            setattr(self, key, int(value))
+
+
+def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -> Iterator[tuple[int, Any]]:
+    """Yield ``(epoch, batch)`` from ``progress.epoch`` on, skipping the batches a resumed run already saw.
+
+    Sets the sampler's epoch (``dataloader.set_epoch``) so the shuffled order depends only on the seed and
+    the epoch, tells the dataset's :class:`~rq_hf.training.data.ImageBatchTransform` the epoch (its seeded
+    augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed epoch (skipped batches
+    are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch`` up to date. The caller
+    stops it (``break``) when ``max_train_steps`` is reached.
+    """
+    from accelerate import skip_first_batches
+
+    while progress.epoch < schedule.num_train_epochs:
+        if hasattr(dataloader, "set_epoch"):
+            dataloader.set_epoch(progress.epoch)
+        transform = getattr(dataloader.dataset, "format", {}).get("format_kwargs", {}).get("transform")
+        if hasattr(transform, "set_epoch"):  # per-row seeded augmentations (with_image_transform(seed=...))
+            transform.set_epoch(progress.epoch)
+        loader = dataloader
+        if progress.batches_in_epoch > 0:
+            loader = skip_first_batches(dataloader, progress.batches_in_epoch)
+        for batch in loader:
+            progress.batches_in_epoch += 1
+            yield progress.epoch, batch
+        progress.epoch += 1
+        progress.batches_in_epoch = 0
+
+
+def get_last_checkpoint(output_dir: str) -> str | None:
+    """The complete ``checkpoint-<step>`` folder with the highest step in ``output_dir``, or None."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = [int(m.group(1)) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name))
+             and os.path.isdir(os.path.join(output_dir, name))]
+    return os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{max(steps)}") if steps else None
+
+
+def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
+    """Turn ``--resume_from_checkpoint`` into a folder to ``load_state`` from (or None: fresh run).
+
+    ``"latest"`` picks :func:`get_last_checkpoint` (a fresh run, with a log line, when there is none); any
+    other value must be an existing folder (``ValueError`` otherwise).
+    """
+    if resume_from_checkpoint is None:
+        return None
+    if resume_from_checkpoint == "latest":
+        path = get_last_checkpoint(output_dir)
+        if path is None:
+            logger.info("--resume_from_checkpoint latest: no checkpoint in %s; starting a new run", output_dir)
+        return path
+    if not os.path.isdir(resume_from_checkpoint):
+        raise ValueError(
+            "`--resume_from_checkpoint` must be 'latest' or an existing checkpoint folder, got "
+            f"{resume_from_checkpoint!r} (not a folder)"
+        )
+    return resume_from_checkpoint
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
+    """``accelerator.save_state`` into ``output_dir/checkpoint-<step>`` on EVERY process; returns the folder.
+
+    Written into ``checkpoint-<step>.tmp`` and renamed by the main process once all processes are done, so
+    a ``checkpoint-<step>`` folder is always complete. With ``total_limit``, the oldest checkpoints are
+    removed first so that at most ``total_limit`` remain after the save.
+    """
+    final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
+    tmp = final + ".tmp"
+    if accelerator.is_main_process:
+        if total_limit is not None:
+            existing = sorted(
+                (int(m.group(1)), name) for name in os.listdir(output_dir)
+                if (m := _CHECKPOINT_RE.match(name)) and int(m.group(1)) != step
+            )
+            for _, name in existing[: max(0, len(existing) - total_limit + 1)]:
+                logger.info("Removing old checkpoint %s (--checkpoints_total_limit %d)", name, total_limit)
+                shutil.rmtree(os.path.join(output_dir, name))
+        for stale in (tmp, final):
+            if os.path.exists(stale):
+                shutil.rmtree(stale)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(tmp, final)
+        logger.info("Saved state to %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def maybe_save_checkpoint(accelerator, args: argparse.Namespace, global_step: int) -> str | None:
+    """:func:`save_checkpoint` when ``global_step`` is a multiple of ``--checkpointing_steps``."""
+    if global_step % args.checkpointing_steps != 0:
+        return None
+    return save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+
+
+# ============================================================================================ guards / hooks
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term was NaN or infinite; the run stopped before the optimizer step and saved nothing."""
+
+
+def reduce_step_values(accelerator, values: Mapping[str, Any]) -> dict[str, float]:
+    """Average scalar tensors/numbers over processes with ONE all-reduce; returns Python floats.
+
+    Also adds ``"nonfinite"``: the number of processes on which some value was NaN/inf (so that every
+    process takes the same decision in :func:`guard_finite`).
+    """
+    import torch
+
+    keys = list(values)
+    local = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=accelerator.device).detach()
+                         .reshape(()) for k in keys]) if keys else torch.zeros(0, device=accelerator.device)
+    nonfinite = (~torch.isfinite(local)).any().float().reshape(1)
+    total = torch.cat([torch.nan_to_num(local, nan=0.0, posinf=0.0, neginf=0.0), nonfinite])
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    n = accelerator.num_processes
+    out = {k: float(total[i]) / n for i, k in enumerate(keys)}
+    local_values = {k: float(local[i]) for i, k in enumerate(keys)}
+    out["nonfinite"] = float(total[-1])
+    # keep the non-finite local values visible in the error message
+    for k, v in local_values.items():
+        if not math.isfinite(v):
+            out[k] = v
+    return out
+
+
+def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> None:
+    """Raise :class:`NonFiniteLossError` when :func:`reduce_step_values` saw a NaN/inf on any process.
+
+    Call it before ``backward``/``optimizer.step``: nothing is updated or saved after a non-finite loss,
+    so the last checkpoint (named in the message) stays the last good state.
+    """
+    if values.get("nonfinite", 0.0) <= 0:
+        return
+    bad = {k: v for k, v in values.items() if k != "nonfinite" and not math.isfinite(v)}
+    last = get_last_checkpoint(output_dir)
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step} (on {int(values['nonfinite'])} process(es); values {bad or 'on another process'}); "
+        f"stopped before the optimizer step. The last good checkpoint is {last or 'none (no checkpoint saved yet)'}; "
+        "resume from it with a lower --learning_rate (or check the data)."
+    )
+
+
+def debug_hooks_after_step(args: argparse.Namespace, global_step: int) -> None:
+    """Test hook ``--debug_sigkill_at_step``: SIGKILL this process after step ``global_step``."""
+    if getattr(args, "debug_sigkill_at_step", None) == global_step:
+        logger.warning("--debug_sigkill_at_step %d: killing this process with SIGKILL", global_step)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dump_debug_state(accelerator, model, output_dir: str) -> str:
+    """Test hook ``--debug_dump_state``: save this process's ``model.state_dict()`` (weights AND buffers,
+    e.g. codebooks) to ``output_dir/debug/rank<r>.safetensors``; returns the path."""
+    from safetensors.torch import save_file
+
+    folder = os.path.join(output_dir, "debug")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"rank{accelerator.process_index}.safetensors")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, path)
+    return path
+
+
+# ============================================================================================ final save / Hub
+
+
+def write_model_card(output_dir: str, *, title: str, description: str, tags: list[str],
+                     pipeline_tag: str | None = None, args: argparse.Namespace | None = None) -> str:
+    """Write (or extend) ``output_dir/README.md`` with a model card describing the training run.
+
+    An existing card (e.g. one written by the model's own ``save_pretrained``) keeps its content and
+    metadata; the training section is appended to it.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = os.path.join(output_dir, "README.md")
+    section = f"## Training\n\n{description}\n"
+    if args is not None:
+        flags = {k: v for k, v in sorted(vars(args).items()) if k != "hub_token" and not k.startswith("debug_")}
+        section += "\nTraining flags:\n\n```json\n" + json.dumps(flags, indent=2, default=str) + "\n```\n"
+    if os.path.isfile(path):
+        card = ModelCard.load(path)
+        card.text = card.text.rstrip() + "\n\n" + section
+    else:
+        data = ModelCardData(library_name="diffusers", tags=tags, pipeline_tag=pipeline_tag)
+        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{section}")
+    card.save(path)
+    return path
+
+
+def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of training") -> str:
+    """Push ``model`` (a ModelMixin/PreTrainedModel or a pipeline) with its own ``push_to_hub``.
+
+    The repo id is ``--hub_model_id`` or the name of ``--output_dir``. Nothing is re-implemented: the
+    model's ``push_to_hub`` saves, writes its model card and uploads. Returns the repo id.
+    """
+    repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
+    model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message)
+    return repo_id

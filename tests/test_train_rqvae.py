@@ -1,0 +1,175 @@
+"""examples/train_rqvae.py end to end, with a tiny model on 16x16 images made here (seconds per run)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "examples", "train_rqvae.py")
+
+TINY_MODEL = {
+    "in_channels": 1,
+    "out_channels": 1,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "latent_channels": 8,
+    "norm_num_groups": 4,
+    "sample_size": 16,
+    "vq_embed_dim": 8,
+    "mid_block_add_attention": False,
+    "codebook_size": 32,
+    "code_depth": 2,
+}
+
+
+def make_images(n: int, size: int = 16, seed: int = 0) -> list[PIL.Image.Image]:
+    """Smooth grayscale blobs: easy to reconstruct, so a few steps lower the loss."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = []
+    for _ in range(n):
+        cx, cy, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.35)
+        blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r**2))
+        images.append(PIL.Image.fromarray((255 * blob).astype(np.uint8), mode="L"))
+    return images
+
+
+def save_dataset(path, images, labels=None, names=("a", "b")):
+    features = {"image": datasets.Image()}
+    data = {"image": images}
+    if labels is not None:
+        features["label"] = datasets.ClassLabel(names=list(names))
+        data["label"] = labels
+    datasets.Dataset.from_dict(data, features=datasets.Features(features)).save_to_disk(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    with open(root / "model.json", "w") as f:
+        json.dump(TINY_MODEL, f)
+    images = make_images(16)
+    save_dataset(root / "images", images, labels=[i % 2 for i in range(16)])
+    return root
+
+
+def run_script(args, env_extra=None, torchrun=None, check=True):
+    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1")
+    env.update(env_extra or {})
+    if torchrun:
+        launcher = os.path.join(os.path.dirname(sys.executable), "torchrun")
+        cmd = [launcher, "--nproc_per_node", str(torchrun), "--master_port", str(29500 + os.getpid() % 1000),
+               SCRIPT, *args]
+        env["ACCELERATE_USE_CPU"] = "true"
+    else:
+        cmd = [sys.executable, SCRIPT, *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-3000:]}\nSTDERR:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def base_args(data_dir, output_dir, steps=8, **overrides):
+    args = {
+        "--dataset_name": str(data_dir / "images"),
+        "--model_config_name_or_path": str(data_dir / "model.json"),
+        "--resolution": "16",
+        "--train_batch_size": "4",
+        "--max_train_steps": str(steps),
+        "--learning_rate": "2e-3",
+        "--discr_learning_rate": "1e-3",
+        "--disc_base_channels": "8",
+        "--disc_num_layers": "2",
+        "--checkpointing_steps": "3",
+        "--checkpoints_total_limit": "1",
+        "--validation_steps": "4",
+        "--num_validation_images": "4",
+        "--report_to": "none",
+        "--output_dir": str(output_dir),
+        "--seed": "0",
+    }
+    args.update(overrides)
+    out = []
+    for key, value in args.items():
+        if value is None:
+            continue
+        out += [key] if value is True else [key, value]
+    return out
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "logs", "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def step_losses(output_dir, key="rec_loss"):
+    return {m["step"]: m[key] for m in read_metrics(output_dir) if key in m}
+
+
+def model_state(output_dir):
+    return load_file(os.path.join(output_dir, "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def full_run(data_dir):
+    """An uninterrupted 8-step run (checkpoints at 3 and 6, at most one kept)."""
+    out = data_dir / "full"
+    run_script(base_args(data_dir, out))
+    return out
+
+
+def test_short_run_saves_loadable_model_and_loss_goes_down(full_run):
+    from rq_hf.models.autoencoder_rqvae import RQVAEModel
+
+    model = RQVAEModel.from_pretrained(str(full_run))
+    assert model.config.codebook_size == 32 and model.config.code_depth == 2
+    losses = step_losses(full_run)
+    assert sorted(losses) == list(range(1, 9))
+    assert np.mean([losses[7], losses[8]]) < 0.7 * np.mean([losses[1], losses[2]]), losses
+    metrics = read_metrics(full_run)
+    for key in ("commitment_loss", "g_loss", "d_loss", "adaptive_weight", "lr", "codebook_usage/depth1",
+                "perplexity/depth0"):
+        assert key in metrics[0], key
+    assert any("val/psnr" in m for m in metrics)
+    assert os.path.isfile(full_run / "validation" / "step_000004.png")
+    assert os.path.isfile(full_run / "README.md")
+    # --checkpoints_total_limit 1: only the newest checkpoint stays
+    assert sorted(p for p in os.listdir(full_run) if p.startswith("checkpoint")) == ["checkpoint-6"]
+    with torch.no_grad():
+        codes = model.encode(torch.zeros(1, 1, 16, 16)).codes
+    assert codes.shape == (1, 8, 8, 2)
+
+
+def test_sigkill_then_resume_latest_matches_uninterrupted_run(data_dir, full_run):
+    out = data_dir / "killed"
+    proc = run_script(base_args(data_dir, out, **{"--debug_sigkill_at_step": "5"}), check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint")) == ["checkpoint-3"]
+    assert not os.path.exists(out / "diffusion_pytorch_model.safetensors")
+
+    run_script(base_args(data_dir, out, **{"--resume_from_checkpoint": "latest"}))
+    metrics = read_metrics(out)
+    steps = [m["step"] for m in metrics if "rec_loss" in m]
+    # killed run logged 1..5, the resumed one continues at the step after checkpoint-3
+    assert steps == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]
+    resumed, reference = model_state(out), model_state(full_run)
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
+    full_losses, resumed_losses = step_losses(full_run), step_losses(out)
+    for step in range(4, 9):
+        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-5, abs=1e-7)
