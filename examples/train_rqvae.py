@@ -184,7 +184,7 @@ def validate(model, images, output_dir: str, step: int) -> float:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        reconstructions = model(images).sample
+        reconstructions = model(images, return_dict=False)[0]  # a tuple: see the training step
     model.train(was_training)
     grid = make_image_grid(to_uint8(images) + to_uint8(reconstructions), rows=2, cols=len(images))
     folder = os.path.join(output_dir, "validation")
@@ -333,18 +333,20 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             step = progress.global_step + 1
             with accelerator.accumulate(*trained_models):
-                out = vae(pixel_values)  # the WRAPPED model (DDP needs it); updates the EMA codebooks
-                reconstructions = out.sample
+                # The WRAPPED model (DDP needs it); this also updates the EMA codebooks. A tuple, because
+                # accelerate's mixed-precision output conversion rebuilds mappings with one positional
+                # argument, which BaseOutput classes with several required fields do not accept.
+                reconstructions, _, commitment_loss, codebook_usage, perplexity = vae(pixel_values, return_dict=False)
                 rec_loss = rec_fn(reconstructions.float(), pixel_values.float())
                 if args.debug_nan_at_step == step:
                     rec_loss = rec_loss * float("nan")  # test hook
                 nll_loss = rec_loss
-                values = {"rec_loss": rec_loss.detach(), "commitment_loss": out.commitment_loss.detach()}
+                values = {"rec_loss": rec_loss.detach(), "commitment_loss": commitment_loss.detach()}
                 if lpips is not None:
                     perceptual_loss = lpips(pixel_values.float(), reconstructions.float()).mean()
                     nll_loss = nll_loss + args.perceptual_weight * perceptual_loss
                     values["perceptual_loss"] = perceptual_loss.detach()
-                loss = nll_loss + out.commitment_loss
+                loss = nll_loss + commitment_loss
                 disc_factor = adopt_weight(1.0, progress.global_step, threshold=args.disc_start)
                 gan_active = use_disc and disc_factor > 0
                 if gan_active:
@@ -359,9 +361,9 @@ def main(argv: list[str] | None = None) -> None:
                     values.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), adaptive_weight=d_weight,
                                   logits_real=logits_real.detach().mean(), logits_fake=logits_fake.detach().mean())
                 values["loss"] = loss.detach()
-                for d in range(out.codebook_usage.shape[0]):
-                    values[f"codebook_usage/depth{d}"] = out.codebook_usage[d]
-                    values[f"perplexity/depth{d}"] = out.perplexity[d]
+                for d in range(codebook_usage.shape[0]):
+                    values[f"codebook_usage/depth{d}"] = codebook_usage[d]
+                    values[f"perplexity/depth{d}"] = perplexity[d]
                 reduced = reduce_step_values(accelerator, values)
                 guard_finite(reduced, step, args.output_dir)  # before any update: nothing bad gets saved
 

@@ -173,3 +173,104 @@ def test_sigkill_then_resume_latest_matches_uninterrupted_run(data_dir, full_run
     full_losses, resumed_losses = step_losses(full_run), step_losses(out)
     for step in range(4, 9):
         assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_two_process_run_keeps_one_codebook_and_loss_goes_down(data_dir):
+    out = data_dir / "ddp"
+    run_script(base_args(data_dir, out, steps=8, **{"--debug_dump_state": True, "--train_batch_size": "2"}),
+               torchrun=2)
+    rank0 = load_file(str(out / "debug" / "rank0.safetensors"))
+    rank1 = load_file(str(out / "debug" / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:  # codebooks (EMA buffers) and weights: bit-identical on both processes
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert torch.equal(rank0["quantizer.embed"], model_state(out)["quantizer.embed"])
+    # the codebook moved away from its initialisation: the all-reduced EMA updates happened
+    from rq_hf.models.autoencoder_rqvae import RQVAEModel
+
+    init = RQVAEModel.from_config(TINY_MODEL)
+    assert not torch.allclose(init.quantizer.embed, rank0["quantizer.embed"])
+    losses = step_losses(out)
+    assert sorted(losses) == list(range(1, 9))
+    assert np.mean([losses[7], losses[8]]) < 0.8 * np.mean([losses[1], losses[2]]), losses
+
+
+def test_nonfinite_loss_stops_with_message_and_keeps_last_checkpoint(data_dir):
+    out = data_dir / "nan"
+    proc = run_script(base_args(data_dir, out, **{"--debug_nan_at_step": "5"}), check=False)
+    assert proc.returncode == 1
+    assert "non-finite loss at step 5" in proc.stderr
+    assert "checkpoint-3" in proc.stderr
+    assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint")) == ["checkpoint-3"]
+    assert not os.path.exists(out / "diffusion_pytorch_model.safetensors")  # nothing saved after the NaN
+    saved = load_file(str(out / "checkpoint-3" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+    assert max(step_losses(out)) == 4
+
+
+def test_corrupt_image_is_counted_and_skipped_bf16_keeps_quantizer_fp32(data_dir):
+    path = data_dir / "with_corrupt"
+    images = [{"bytes": image_bytes(im), "path": None} for im in make_images(7)]
+    images.insert(2, {"bytes": b"this is not an image", "path": "broken.png"})
+    datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()})) \
+        .save_to_disk(str(path))
+    out = data_dir / "corrupt"
+    proc = run_script(base_args(data_dir, out, steps=3, **{
+        "--dataset_name": str(path), "--mixed_precision": "bf16", "--disc_weight": "0"}))
+    assert "broken.png" in proc.stderr
+    metrics = read_metrics(out)
+    assert [m for m in metrics if "rec_loss" in m][-1]["num_skipped_images"] >= 1
+    state = model_state(out)
+    assert state["quantizer.embed"].dtype == torch.float32
+    assert torch.isfinite(state["quantizer.embed"]).all()
+
+
+def image_bytes(image):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def load_train_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_rqvae", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_data_and_flags_give_clear_errors(data_dir, tmp_path):
+    train = load_train_module()
+    empty = tmp_path / "empty"
+    datasets.Dataset.from_dict({"image": [make_images(1)[0]]}, features=datasets.Features(
+        {"image": datasets.Image()})).select([]).save_to_disk(str(empty))
+    with pytest.raises(ValueError, match="empty"):
+        train.main(base_args(data_dir, tmp_path / "o1", **{"--dataset_name": str(empty)}))
+    with pytest.raises(ValueError, match="`image_column` 'pixels'.*available columns"):
+        train.main(base_args(data_dir, tmp_path / "o2", **{"--image_column": "pixels"}))
+    with pytest.raises(ValueError, match="--lpips_weights"):
+        train.parse_args(base_args(data_dir, tmp_path / "o3", **{"--perceptual_weight": "1.0"}))
+    with pytest.raises(ValueError, match="--resume_from_checkpoint"):
+        train.main(base_args(data_dir, tmp_path / "o4", **{"--resume_from_checkpoint": str(tmp_path / "nope")}))
+    with pytest.raises(ValueError, match="--disc_num_layers"):
+        train.main(base_args(data_dir, tmp_path / "o5", **{"--disc_num_layers": "3"}))
+    with pytest.raises(ValueError, match="--report_to"):
+        train.parse_args(base_args(data_dir, tmp_path / "o6", **{"--report_to": "mlflowx"}))
+
+
+def test_help_is_fast_and_lists_the_issue_flags():
+    proc = subprocess.run([sys.executable, "-X", "importtime", SCRIPT, "--help"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.path.join(REPO, "src")), timeout=60)
+    assert proc.returncode == 0
+    assert "torch" not in {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()[1:]}
+    for flag in ("--dataset_name", "--train_data_dir", "--model_config_name_or_path", "--reconstruction_loss",
+                 "--disc_start", "--disc_weight", "--discr_learning_rate", "--perceptual_weight",
+                 "--lpips_weights", "--gradient_accumulation_steps", "--lr_scheduler", "--adam_beta2",
+                 "--max_grad_norm", "--checkpoints_total_limit", "--resume_from_checkpoint",
+                 "--validation_steps", "--report_to", "--push_to_hub", "--hub_model_id", "--hub_token",
+                 "--mixed_precision", "--max_train_samples"):
+        assert flag in proc.stdout, flag
