@@ -37,6 +37,16 @@ def test_codes_match_brute_force_search(shared, chunk_size):
     assert torch.equal(out.codes, brute_force_codes(quantizer, z))
 
 
+@pytest.mark.parametrize("codebook_size", [1024, 192, 100])  # grouped argmin (256 / 64) and plain min
+def test_large_codebooks_match_brute_force_and_break_ties_to_first(codebook_size):
+    quantizer = make_quantizer(codebook_size=codebook_size, chunk_size=5).eval()
+    z = torch.randn(23, 8, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(quantizer(z).codes, brute_force_codes(quantizer, z))
+    quantizer.embed[0, -1] = quantizer.embed[0, 3]  # a duplicate code: the first one wins, as argmin
+    codes = quantizer(quantizer.codebook(0)[3:4] + 0.0).codes
+    assert codes[0, 0] == 3
+
+
 def test_shared_codebook_is_one_tensor_and_unshared_differ():
     shared = make_quantizer(shared_codebook=True)
     assert shared.codebook(0).data_ptr() == shared.codebook(2).data_ptr()
