@@ -151,7 +151,7 @@ def load_model(path: str | None):
                 f"`--model_config_name_or_path` {path!r} is a folder without config.json or model weights"
             )
         return RQVAEModel.from_config(RQVAEModel.load_config(path))
-    model = RQVAEModel.from_pretrained(path, low_cpu_mem_usage=False)  # a folder with weights, or a Hub id
+    model = RQVAEModel.from_pretrained(path)  # a folder with weights, or a Hub id
     model.train()
     return model
 

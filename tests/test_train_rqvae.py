@@ -152,6 +152,10 @@ def test_short_run_saves_loadable_model_and_loss_goes_down(full_run):
     with torch.no_grad():
         codes = model.encode(torch.zeros(1, 1, 16, 16)).codes
     assert codes.shape == (1, 8, 8, 2)
+    # --model_config_name_or_path with a trained folder fine-tunes it: same weights, training mode
+    finetune = load_train_module().load_model(str(full_run))
+    assert finetune.training
+    torch.testing.assert_close(finetune.quantizer.embed, model.quantizer.embed)
 
 
 def test_sigkill_then_resume_latest_matches_uninterrupted_run(data_dir, full_run):
