@@ -69,6 +69,7 @@ __all__ = [
     "add_optimization_args",
     "check_common_args",
     "compute_schedule",
+    "count_skipped_images",
     "debug_hooks_after_step",
     "dump_debug_state",
     "get_last_checkpoint",
@@ -669,6 +670,28 @@ def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> Non
         f"stopped before the optimizer step. The last good checkpoint is {last or 'none (no checkpoint saved yet)'}; "
         "resume from it with a lower --learning_rate (or check the data)."
     )
+
+
+def count_skipped_images(accelerator, batch: Mapping[str, Any], progress: TrainingProgress,
+                         key: str = "pixel_values") -> bool:
+    """Account for the undecodable images of a :func:`rq_hf.training.collate_images` batch, on every process.
+
+    One all-reduce sums ``batch["num_skipped"]`` and the number of processes whose ``batch[key]`` is None
+    (every row of their batch was dropped); the count is added to ``progress.num_skipped_images`` with a
+    warning. Returns True when the batch must be skipped: then *every* process skips it together (under
+    DDP a process that skipped alone would leave the others waiting in the gradient all-reduce).
+    """
+    import torch
+
+    flags = torch.tensor([float(batch.get("num_skipped", 0)), float(batch[key] is None)],
+                         device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, reduction="sum")
+    if flags[0] > 0:
+        progress.num_skipped_images += int(flags[0])
+        logger.warning("Skipped %d undecodable image(s) in this batch (%d so far)", int(flags[0]),
+                       progress.num_skipped_images)
+    return bool(flags[1] > 0)
 
 
 def debug_hooks_after_step(args: argparse.Namespace, global_step: int) -> None:
