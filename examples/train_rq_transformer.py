@@ -852,8 +852,9 @@ def main(argv: list[str] | None = None) -> str:
             args.output_dir,
             title="RQ-Transformer",
             description=(
-                f"Trained with rq-hf's `examples/train_rq_transformer.py` for {progress.global_step} steps on "
-                f"{source} ({'codes' if from_codes else 'images encoded on the fly'}, codes {tuple(code_shape)}"
+                f"Trained with rq-hf's `examples/train_rq_transformer.py` for {progress.global_step} steps "
+                f"on {source} ({'codes' if from_codes else 'images encoded on the fly'}, "
+                f"codes {tuple(code_shape)}"
                 f"{', soft labels' if args.soft_labels else ''}), with the frozen RQ-VAE "
                 f"`{args.vqvae_model_name_or_path}`."
             ),
