@@ -18,7 +18,12 @@ from official_fixtures import (
     write_stage,
 )
 
-from rq_hf.conversion.convert_original import (
+# The converter targets the models of the RQ-VAE and RQ-Transformer issues; until they are merged into this
+# branch there is nothing to convert onto.
+pytest.importorskip("rq_hf.models.autoencoder_rqvae", reason="RQVAEModel is not merged yet")
+pytest.importorskip("rq_hf.models.modeling_rq_transformer", reason="the RQ-Transformer is not merged yet")
+
+from rq_hf.conversion.convert_original import (  # noqa: E402
     CheckpointMismatchError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
