@@ -74,7 +74,8 @@ class RQTransformerPipeline(DiffusionPipeline):
         mismatches = []
         if vae_cfg.codebook_size != tf_cfg.vocab_size:
             mismatches.append(
-                f"vqvae.config.codebook_size={vae_cfg.codebook_size} != transformer.config.vocab_size={tf_cfg.vocab_size}"
+                f"vqvae.config.codebook_size={vae_cfg.codebook_size} != "
+                f"transformer.config.vocab_size={tf_cfg.vocab_size}"
             )
         if vae_cfg.code_depth != depth:
             mismatches.append(f"vqvae.config.code_depth={vae_cfg.code_depth} != transformer code depth {depth}")
@@ -109,7 +110,9 @@ class RQTransformerPipeline(DiffusionPipeline):
         labels = self.labels
         unknown = [name for name in names if name not in labels]
         if unknown:
-            raise ValueError(f"`class_labels` {unknown} are not class names of this model; known names: {list(labels)}.")
+            raise ValueError(
+                f"`class_labels` {unknown} are not class names of this model; known names: {list(labels)}."
+            )
         return [labels[name] for name in names]
 
     def _class_label_tensor(self, class_labels, num_images: int | None) -> tuple[torch.Tensor | None, int]:
@@ -204,7 +207,9 @@ class RQTransformerPipeline(DiffusionPipeline):
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         labels, batch_size = self._class_label_tensor(class_labels, num_images)
         if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` list must hold {batch_size} generators (one per image), got {len(generator)}.")
+            raise ValueError(
+                f"`generator` list must hold {batch_size} generators (one per image), got {len(generator)}."
+            )
         device = self._execution_device
         prefix = self._prefix_codes(image, batch_size, num_prefix_positions, device)
 
