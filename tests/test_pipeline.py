@@ -44,7 +44,11 @@ def tiny_transformer(num_classes=3, code_shape=(4, 4, 2), vocab_size=32):
         num_classes=num_classes,
         resid_dropout=0.0,
     )
-    return RQTransformerForCausalImageModeling(config).eval()
+    model = RQTransformerForCausalImageModeling(config).eval()
+    with torch.no_grad():  # make classes matter in an untrained model
+        if num_classes is not None:
+            model.condition_embedding.weight.normal_(0, 1)
+    return model
 
 
 @pytest.fixture(scope="module")

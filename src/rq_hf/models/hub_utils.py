@@ -189,7 +189,7 @@ def copy_module_sources(module_file: str | os.PathLike, destination: str | os.Pa
     """
     import re
 
-    pattern = re.compile(r"^(\s*from\s+)\.(?:\.\w+)*\.?(\w+)(\s+import)", flags=re.MULTILINE)
+    pattern = re.compile(r"^(\s*from\s+)\.+(?:\w+\.)*(\w+)(\s+import)", flags=re.MULTILINE)
     written, queue = [], [os.path.abspath(os.fspath(module_file))]
     while queue:
         source = queue.pop()

@@ -275,8 +275,6 @@ class RQTransformerPipeline(DiffusionPipeline):
             module = importlib.import_module(f"{package}.models.{module_file}")
             component_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
             load_kwargs = {"dtype": component_dtype} if component_dtype is not None else {}
-            if name == "vqvae":
-                load_kwargs["low_cpu_mem_usage"] = False
             component = getattr(module, class_name).from_pretrained(os.path.join(folder, name), **load_kwargs, **kwargs)
             meta = [n for n, t in component.state_dict().items() if t.device.type == "meta"]
             if meta:
