@@ -229,7 +229,7 @@ def test_atomic_save_keeps_earlier_folder(pipe, tmp_path):
     pipe.save_pretrained(path)
     before = {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
     (path / "checkpoint-10").mkdir()
-    with mock.patch.object(RQTransformerPipeline, "_write_code", side_effect=KeyboardInterrupt):
+    with mock.patch.object(RQTransformerPipeline, "_write_extra_files", side_effect=KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):
             pipe.save_pretrained(path)
     after = {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}

@@ -210,3 +210,79 @@ def copy_module_sources(module_file: str | os.PathLike, destination: str | os.Pa
             f.write(pattern.sub(r"\1.\2\3", text))
         written.append(name)
     return written
+
+
+class RQHubMixin:
+    """Atomic `save_pretrained` with a model card, and `push_to_hub` that uploads exactly that folder.
+
+    Mixed in before `ModelMixin` / `PreTrainedModel` / `DiffusionPipeline`. A class sets `_model_card_kind`
+    and may override `_model_card_config`, `_model_card_class_names` and `_write_extra_files`.
+    """
+
+    _model_card_kind = "rqvae"
+
+    def _model_card_config(self) -> dict[str, Any]:
+        config = self.config
+        items = config.to_diff_dict().items() if hasattr(config, "to_diff_dict") else dict(config).items()
+        skip = {"id2label", "label2id", "architectures", "auto_map", "transformers_version", "dtype"}
+        return {k: v for k, v in items if not k.startswith("_") and k not in skip}
+
+    def _model_card_class_names(self) -> list[str] | None:
+        return None
+
+    def _write_extra_files(self, folder: str) -> None:
+        """Hook: write files besides those of the base `save_pretrained` (e.g. code)."""
+
+    def model_card(self, repo_id: str | None = None, metrics: dict[str, Any] | None = None) -> ModelCard:
+        """The model card (`README.md`) that `save_pretrained` writes and `push_to_hub` uploads."""
+        return build_model_card(
+            self._model_card_kind,
+            self._model_card_config(),
+            repo_id=repo_id,
+            class_names=self._model_card_class_names(),
+            metrics=metrics,
+            library_name="transformers" if self._model_card_kind == "rq_transformer" else "diffusers",
+        )
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *args,
+        metrics: dict[str, Any] | None = None,
+        repo_id: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Save as the base class does, plus a model card, atomically.
+
+        Everything is written beside `save_directory` and moved into place once complete: an interrupted save
+        leaves an earlier folder at that path intact. `metrics` (name -> value) are listed in the card; use
+        `push_to_hub(repo_id)` to upload.
+        """
+        if kwargs.pop("push_to_hub", False):
+            raise ValueError("`push_to_hub=True` is not supported here: call `.push_to_hub(repo_id)` instead.")
+        if kwargs.pop("is_main_process", True) is False:
+            return
+        with atomic_save_directory(save_directory) as staging:
+            super().save_pretrained(staging, *args, **kwargs)
+            self._write_extra_files(staging)
+            self.model_card(repo_id=repo_id, metrics=metrics).save(os.path.join(staging, "README.md"))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        metrics: dict[str, Any] | None = None,
+        **save_kwargs,
+    ):
+        """Save into a temporary folder (weights, config, code, model card) and upload it to the Hub `repo_id`."""
+        return push_folder_to_hub(
+            lambda folder: self.save_pretrained(folder, metrics=metrics, repo_id=repo_id, **save_kwargs),
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+        )

@@ -20,12 +20,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 
-from ..models.hub_utils import (
-    atomic_save_directory,
-    build_model_card,
-    copy_module_sources,
-    push_folder_to_hub,
-)
+from ..models.hub_utils import RQHubMixin, copy_module_sources
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Files that hold each component's class in a saved folder (the folder's remote code).
@@ -37,7 +32,7 @@ def _as_size(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class RQTransformerPipeline(DiffusionPipeline):
+class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
     r"""Image generation with an RQ-Transformer over the residual codes of an RQ-VAE.
 
     Args:
@@ -287,40 +282,15 @@ class RQTransformerPipeline(DiffusionPipeline):
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
 
-    def _model_card(self, repo_id: str | None = None, metrics: dict | None = None):
-        names = [self.id2label[i] for i in sorted(self.id2label)] or None
-        config = {
-            "vqvae": {k: v for k, v in dict(self.vqvae.config).items() if not k.startswith("_")},
-            "transformer": {
-                k: v
-                for k, v in self.transformer.config.to_diff_dict().items()
-                if k not in ("id2label", "label2id", "architectures", "auto_map", "transformers_version")
-            },
-        }
-        return build_model_card("pipeline", config, repo_id=repo_id, class_names=names, metrics=metrics)
+    _model_card_kind = "pipeline"
 
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        safe_serialization: bool = True,
-        variant: str | None = None,
-        metrics: dict[str, Any] | None = None,
-        repo_id: str | None = None,
-        **kwargs,
-    ) -> None:
-        """Save the pipeline (components, `model_index.json`, code, model card) atomically.
+    def _model_card_config(self) -> dict[str, Any]:
+        return {"vqvae": self.vqvae._model_card_config(), "transformer": self.transformer._model_card_config()}
 
-        The folder is written beside `save_directory` and moved into place when complete, so an interrupted
-        save leaves an earlier folder at that path intact. `metrics` (name -> value) are listed in the card.
-        """
-        if kwargs.pop("push_to_hub", False):
-            raise ValueError("use `pipe.push_to_hub(repo_id)` to upload; `save_pretrained` only writes a folder.")
-        with atomic_save_directory(save_directory) as staging:
-            super().save_pretrained(staging, safe_serialization=safe_serialization, variant=variant, **kwargs)
-            self._write_code(staging)
-            self._model_card(repo_id=repo_id, metrics=metrics).save(os.path.join(staging, "README.md"))
+    def _model_card_class_names(self) -> list[str] | None:
+        return [self.id2label[i] for i in sorted(self.id2label)] or None
 
-    def _write_code(self, folder: str) -> None:
+    def _write_extra_files(self, folder: str) -> None:
         copy_module_sources(sys.modules[type(self).__module__].__file__, folder)
         index_path = os.path.join(folder, "model_index.json")
         with open(index_path, encoding="utf-8") as f:
@@ -332,23 +302,3 @@ class RQTransformerPipeline(DiffusionPipeline):
             index[name] = [module_file, type(component).__name__]
         with open(index_path, "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        create_pr: bool = False,
-        metrics: dict[str, Any] | None = None,
-        **kwargs,
-    ):
-        """Save the pipeline with its model card into a temporary folder and upload it to the Hub `repo_id`."""
-        return push_folder_to_hub(
-            lambda folder: self.save_pretrained(folder, metrics=metrics, repo_id=repo_id, **kwargs),
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            create_pr=create_pr,
-        )
