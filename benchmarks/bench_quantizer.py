@@ -1,0 +1,144 @@
+"""Throughput of `ResidualQuantizer` beside vector-quantize-pytorch's `ResidualVQ` and the matmul ceiling.
+
+Prints a markdown table of vectors/s (median of `--repeats` timed runs after `--warmup` runs):
+
+- `ResidualQuantizer` in eval mode (no grad) and in training mode (EMA update, restarts, forward + backward);
+- `vector_quantize_pytorch.ResidualVQ` with the same settings (shared codebook, EMA decay, dead-code
+  threshold, commitment weight; no rotation trick, no k-means, no dropout) in the same modes;
+- the ceiling: `depth` bare `(N x dim) @ (dim x K)` matrix products, the distance products alone.
+
+    python benchmarks/bench_quantizer.py                  # K=16384, dim 256, D=4, 4096 vectors
+    python benchmarks/bench_quantizer.py --num-vectors 1024 --codebook-size 1024 --repeats 3
+"""
+
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--codebook-size", type=int, default=16384)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--num-vectors", type=int, default=4096, help="64 images of 8x8 by default")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="rows per distance block")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--skip-baseline", action="store_true", help="do not run vector-quantize-pytorch")
+    return parser.parse_args()
+
+
+def median_seconds(fn: Callable[[], None], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of `fn` over `repeats` runs after `warmup` untimed runs."""
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        fn()
+    sync()
+    times: List[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    from rq_hf import ResidualQuantizer
+
+    device = torch.device(args.device)
+    n, dim, k, depth = args.num_vectors, args.dim, args.codebook_size, args.depth
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(n, dim, generator=generator).to(device)
+    torch.manual_seed(0)
+
+    ours = ResidualQuantizer(k, depth, dim, ema_decay=0.99, chunk_size=args.chunk_size).to(device)
+    seconds: Dict[str, float] = {}
+
+    # ceiling: the distance products alone, into a preallocated output
+    codebook = torch.randn(k, dim, generator=generator).to(device)
+    products = torch.empty(n, k, device=device)
+
+    def ceiling():
+        for _ in range(depth):
+            torch.mm(z, codebook.t(), out=products)
+
+    seconds["ceiling"] = median_seconds(ceiling, args.repeats, args.warmup, device)
+
+    def ours_eval():
+        with torch.no_grad():
+            ours.eval()(z)
+
+    z_grad = z.clone().requires_grad_(True)
+
+    def ours_train():
+        out = ours.train()(z_grad)
+        (out.quantized.sum() + out.commitment_loss).backward()
+
+    seconds["ours eval"] = median_seconds(ours_eval, args.repeats, args.warmup, device)
+    seconds["ours train"] = median_seconds(ours_train, args.repeats, args.warmup, device)
+
+    if not args.skip_baseline:
+        from vector_quantize_pytorch import ResidualVQ
+
+        theirs = ResidualVQ(
+            dim=dim,
+            num_quantizers=depth,
+            codebook_size=k,
+            shared_codebook=True,
+            decay=0.99,
+            commitment_weight=0.25,
+            threshold_ema_dead_code=1,
+            kmeans_init=False,
+            rotation_trick=False,
+        ).to(device)
+        z3 = z[None]  # (batch, sequence, dim)
+        z3_grad = z3.clone().requires_grad_(True)
+
+        def theirs_eval():
+            with torch.no_grad():
+                theirs.eval()(z3)
+
+        def theirs_train():
+            quantized, _, losses = theirs.train()(z3_grad)
+            (quantized.sum() + losses.sum()).backward()
+
+        seconds["ResidualVQ eval"] = median_seconds(theirs_eval, args.repeats, args.warmup, device)
+        seconds["ResidualVQ train"] = median_seconds(theirs_train, args.repeats, args.warmup, device)
+
+    rate = {name: n / s for name, s in seconds.items()}
+    print(
+        f"ResidualQuantizer benchmark: {n} vectors, dim {dim}, codebook_size {k}, depth {depth}, "
+        f"device {device}, threads {torch.get_num_threads()}, "
+        f"median of {args.repeats} runs after {args.warmup} warm-up"
+    )
+    print()
+    print("| mode | ResidualQuantizer (vec/s) | ResidualVQ (vec/s) | ours / ResidualVQ | ours / ceiling |")
+    print("|---|---:|---:|---:|---:|")
+    for mode in ("eval", "train"):
+        ours_rate = rate[f"ours {mode}"]
+        theirs_rate = rate.get(f"ResidualVQ {mode}")
+        theirs_text = f"{theirs_rate:,.0f}" if theirs_rate else "-"
+        ratio_text = f"{ours_rate / theirs_rate:.2f}x" if theirs_rate else "-"
+        of_ceiling = ours_rate / rate["ceiling"]
+        print(f"| {mode} | {ours_rate:,.0f} | {theirs_text} | {ratio_text} | {of_ceiling:.0%} |")
+    print(f"| ceiling ({depth} bare {n}x{dim} @ {dim}x{k} products) | {rate['ceiling']:,.0f} | | | 100% |")
+
+
+if __name__ == "__main__":
+    main()
