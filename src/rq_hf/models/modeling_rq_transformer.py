@@ -73,6 +73,7 @@ from transformers.generation.logits_process import (
 from transformers.utils import ModelOutput
 
 from .configuration_rq_transformer import RQTransformerConfig
+from .hub_utils import RQHubMixin
 
 
 @dataclass
@@ -219,7 +220,7 @@ class RQTransformerStack(nn.Module):
         return hidden_states
 
 
-class RQTransformerPreTrainedModel(PreTrainedModel):
+class RQTransformerPreTrainedModel(RQHubMixin, PreTrainedModel):
     """Weight initialisation and loading glue shared by the RQ-Transformer models."""
 
     config: RQTransformerConfig
@@ -229,6 +230,12 @@ class RQTransformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["RQTransformerBlock"]
     _supports_sdpa = True
+    _model_card_kind = "rq_transformer"
+
+    def _model_card_class_names(self) -> list[str] | None:
+        if self.config.num_classes is None or not self.config.id2label:
+            return None
+        return [self.config.id2label[i] for i in sorted(self.config.id2label)]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
