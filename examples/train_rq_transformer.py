@@ -128,9 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Train the code embeddings (initialised from the RQ-VAE codebook; frozen by default).",
     )
-    model.add_argument(
-        "--use_ema", action="store_true", help="Keep an EMA of the weights; save the EMA model."
-    )
+    model.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; save the EMA model.")
     model.add_argument("--ema_decay", type=float, default=0.999, help="Decay of --use_ema.")
 
     data = add_data_args(parser)
@@ -158,12 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation_fraction",
         type=float,
         default=0.05,
-        help="Held-out fraction of the training rows when there is no --validation_split "
-        "(0: no validation NLL).",
+        help="Held-out fraction of the training rows when there is no --validation_split (0: no validation NLL).",
     )
-    data.add_argument(
-        "--max_validation_samples", type=int, default=1000, help="At most this many held-out rows."
-    )
+    data.add_argument("--max_validation_samples", type=int, default=1000, help="At most this many held-out rows.")
 
     add_optimization_args(
         parser,
@@ -182,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Soft targets and stochastic input codes from the RQ-VAE quantizer (official recipe).",
     )
-    loss.add_argument(
-        "--soft_label_temperature", type=float, default=0.5, help="Temperature of --soft_labels."
-    )
+    loss.add_argument("--soft_label_temperature", type=float, default=0.5, help="Temperature of --soft_labels.")
 
     add_bookkeeping_args(parser, output_dir="rq-transformer-model")
     val = parser.add_argument_group("validation samples")
@@ -194,12 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="Samples per row of the validation grid (one row per class when class-conditional).",
     )
-    val.add_argument(
-        "--num_validation_classes", type=int, default=10, help="At most this many rows (classes)."
-    )
-    val.add_argument(
-        "--guidance_scale", type=float, default=2.0, help="Classifier-free guidance of the samples."
-    )
+    val.add_argument("--num_validation_classes", type=int, default=10, help="At most this many rows (classes).")
+    val.add_argument("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance of the samples.")
     val.add_argument("--top_k", type=int, default=None, help="Top-k sampling of the validation samples.")
     val.add_argument("--top_p", type=float, default=None, help="Top-p sampling of the validation samples.")
     val.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
@@ -270,9 +259,7 @@ def _is_trained_model(path: str) -> bool:
     return (
         os.path.isdir(path)
         and any(
-            name.startswith("model")
-            and name.endswith((".safetensors", ".bin", ".json"))
-            and name != "model_index.json"
+            name.startswith("model") and name.endswith((".safetensors", ".bin", ".json")) and name != "model_index.json"
             for name in os.listdir(path)
         )
         and any(name.endswith((".safetensors", ".bin")) for name in os.listdir(path))
@@ -339,11 +326,7 @@ def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2l
         if not isinstance(base, dict):
             raise ValueError(f"{source} must hold a JSON object, got {type(base).__name__}")
     for key, value in derived.items():
-        if (
-            key in base
-            and base[key] is not None
-            and (list(base[key]) if key == "code_shape" else base[key]) != value
-        ):
+        if key in base and base[key] is not None and (list(base[key]) if key == "code_shape" else base[key]) != value:
             raise ValueError(
                 f"{source}: {key}={base[key]} does not match the RQ-VAE / data, which need {key}={value} "
                 f"(--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, "
@@ -357,9 +340,7 @@ def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2l
         base["id2label"] = {int(i): str(name) for i, name in id2label.items()}
         base.pop("label2id", None)
         base["class_dropout_prob"] = (
-            args.class_dropout_prob
-            if args.class_dropout_prob is not None
-            else base.get("class_dropout_prob", 0.1)
+            args.class_dropout_prob if args.class_dropout_prob is not None else base.get("class_dropout_prob", 0.1)
         )
     else:
         base.pop("id2label", None)
@@ -405,16 +386,14 @@ def class_names_of(dataset, column: str | None, flag_source: str) -> dict[int, s
     values = list(dataset.with_format(None)[column])
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         raise ValueError(
-            f"`--class_label_column` {column!r} must hold class ids (a ClassLabel or integers >= 0), "
-            f"got {feature}"
+            f"`--class_label_column` {column!r} must hold class ids (a ClassLabel or integers >= 0), got {feature}"
         )
     return {i: str(i) for i in range(max(values) + 1)}
 
 
 def load_codes_dataset(args: argparse.Namespace, split: str):
-    """One split of ``--codes_dataset`` (``DatasetDict`` or ``Dataset``), checked, with
-    ``--max_train_samples``
-    applied to the training split."""
+    """One split of ``--codes_dataset`` (``DatasetDict`` or ``Dataset``), checked; ``--max_train_samples``
+    applies to the training split."""
     import datasets
 
     path = args.codes_dataset
@@ -423,19 +402,14 @@ def load_codes_dataset(args: argparse.Namespace, split: str):
     try:
         dataset = datasets.load_from_disk(path)
     except (FileNotFoundError, IndexError) as err:
-        raise ValueError(
-            f"`--codes_dataset` {path!r} is not a readable save_to_disk dataset ({err})"
-        ) from err
+        raise ValueError(f"`--codes_dataset` {path!r} is not a readable save_to_disk dataset ({err})") from err
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
-            raise ValueError(
-                f"split {split!r} is not in `--codes_dataset` {path!r}; available: {list(dataset)}"
-            )
+            raise ValueError(f"split {split!r} is not in `--codes_dataset` {path!r}; available: {list(dataset)}")
         dataset = dataset[split]
     elif split != "train":
         raise ValueError(
-            f"`--validation_split` {split!r} needs a DatasetDict in `--codes_dataset` {path!r}, "
-            "got one Dataset"
+            f"`--validation_split` {split!r} needs a DatasetDict in `--codes_dataset` {path!r}, got one Dataset"
         )
     if len(dataset) == 0:
         raise ValueError(f"`--codes_dataset` {path!r} (split {split!r}) is empty (0 rows)")
@@ -482,11 +456,11 @@ def held_out_split(dataset, args: argparse.Namespace):
 
 
 def sample_grid(vae, transformer, args: argparse.Namespace, device):
-    """Samples through ``RQTransformerPipeline``: one row per class (at most ``--num_validation_classes``)
-    for a
-    class-conditional model, one row otherwise; returns a PIL grid."""
+    """Samples through ``RQTransformerPipeline``, as a PIL grid: one row per class (at most
+    ``--num_validation_classes``) for a class-conditional model, one row otherwise."""
     import torch
     from diffusers.utils import make_image_grid
+
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
 
     pipe = RQTransformerPipeline(vqvae=vae, transformer=transformer)
@@ -611,11 +585,7 @@ def main(argv: list[str] | None = None) -> str:
             held_out_rows = load_codes_dataset(args, args.validation_split)
         else:
             dataset, held_out_rows = held_out_split(dataset, args)
-        columns = (
-            [args.codes_column]
-            + ([label_column] if label_column else [])
-            + (["latents"] if with_latents else [])
-        )
+        columns = [args.codes_column] + ([label_column] if label_column else []) + (["latents"] if with_latents else [])
         dataset = dataset.with_format("torch", columns=columns)
         collate = codes_collate(args.codes_column, label_column, with_latents)
         train_dataset = dataset
@@ -677,12 +647,8 @@ def main(argv: list[str] | None = None) -> str:
                 num_channels=vae.config.in_channels,
                 pad_to_resolution=args.pad_to_resolution,
             )
-            rows = with_image_transform(
-                held_out_rows, val_transform, args.image_column, label_column=label_column
-            )
-            loader = torch.utils.data.DataLoader(
-                rows, batch_size=args.train_batch_size, collate_fn=collate_images
-            )
+            rows = with_image_transform(held_out_rows, val_transform, args.image_column, label_column=label_column)
+            loader = torch.utils.data.DataLoader(rows, batch_size=args.train_batch_size, collate_fn=collate_images)
             batches = []
             with torch.no_grad():
                 for batch in loader:
@@ -707,9 +673,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.gradient_checkpointing:
         raise ValueError("`--gradient_checkpointing` is not supported by RQTransformerForCausalImageModeling")
     if args.scale_lr:
-        args.learning_rate *= (
-            args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
-        )
+        args.learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     optimizer = torch.optim.AdamW(
         param_groups(model, args.adam_weight_decay),
         lr=args.learning_rate,
@@ -783,9 +747,7 @@ def main(argv: list[str] | None = None) -> str:
                     codes, latents = encoded.codes, encoded.latents.permute(0, 2, 3, 1)
                 targets = codes
                 if args.soft_labels:
-                    soft = vae.quantizer.soft_codes(
-                        latents.float(), args.soft_label_temperature, stochastic=True
-                    )
+                    soft = vae.quantizer.soft_codes(latents.float(), args.soft_label_temperature, stochastic=True)
                     codes, targets = soft.codes, soft.probs
             step = progress.global_step + 1
             with accelerator.accumulate(model):
@@ -798,9 +760,7 @@ def main(argv: list[str] | None = None) -> str:
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
-                    max_norm = (
-                        args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
-                    )
+                    max_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
                     grad_norm = accelerator.clip_grad_norm_(trainable, max_norm)
                 optimizer.step()
                 lr_scheduler.step()
@@ -817,7 +777,8 @@ def main(argv: list[str] | None = None) -> str:
             reduced["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
             reduced["num_skipped_images"] = progress.num_skipped_images
             progress_bar.set_postfix(loss=f"{reduced['loss']:.4f}", lr=f"{reduced['lr']:.2e}")
-            if progress.global_step % args.validation_steps == 0 and accelerator.is_main_process:
+            last_step = progress.global_step >= schedule.max_train_steps  # validated after the loop
+            if progress.global_step % args.validation_steps == 0 and not last_step and accelerator.is_main_process:
                 reduced.update(validate(vae, eval_model(), held_out, args, progress.global_step, device))
                 if "val/bits_per_code" in reduced:
                     logger.info(
