@@ -74,13 +74,9 @@ def data_dir(tmp_path_factory):
     vae.save_pretrained(str(root / "vae"))
     images, labels = make_images(32)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
-    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(
-        str(root / "images")
-    )
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(root / "images"))
     # codes of the same images, as examples/extract_codes.py writes them (Array3D int32 + ClassLabel)
-    pixels = torch.stack(
-        [torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1)[None] for im in images]
-    )
+    pixels = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1)[None] for im in images])
     with torch.no_grad():
         encoded = vae.eval().encode(pixels)
     codes_features = datasets.Features(
@@ -93,9 +89,7 @@ def data_dir(tmp_path_factory):
         {"codes": encoded.codes.int().numpy(), "label": labels}, features=codes_features
     ).save_to_disk(str(root / "codes"))
     latents = encoded.latents.permute(0, 2, 3, 1).numpy()
-    with_latents = datasets.Features(
-        {**codes_features, "latents": datasets.Array3D(shape=(8, 8, 8), dtype="float32")}
-    )
+    with_latents = datasets.Features({**codes_features, "latents": datasets.Array3D(shape=(8, 8, 8), dtype="float32")})
     datasets.Dataset.from_dict(
         {"codes": encoded.codes.int().numpy(), "label": labels, "latents": latents}, features=with_latents
     ).save_to_disk(str(root / "codes_latents"))
@@ -235,31 +229,18 @@ def test_soft_labels_run(data_dir, tmp_path):
 def test_soft_labels_from_codes_need_latents(data_dir, tmp_path):
     codes = {"--dataset_name": None, "--resolution": None, "--soft_labels": True}
     with pytest.raises(ValueError, match="--soft_labels.*latents"):
-        train.main(
-            base_args(data_dir, tmp_path / "a", **codes, **{"--codes_dataset": str(data_dir / "codes")})
-        )
+        train.main(base_args(data_dir, tmp_path / "a", **codes, **{"--codes_dataset": str(data_dir / "codes")}))
     reset_accelerate()
     out = tmp_path / "b"
-    train.main(
-        base_args(data_dir, out, steps=2, **codes, **{"--codes_dataset": str(data_dir / "codes_latents")})
-    )
+    train.main(base_args(data_dir, out, steps=2, **codes, **{"--codes_dataset": str(data_dir / "codes_latents")}))
     assert sorted(losses(out)) == [1, 2]
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, image_run, tmp_path):
     out = tmp_path / "killed"
-    args = base_args(
-        data_dir, out, **{"--use_ema": True, "--ema_decay": "0.5", "--debug_sigkill_at_step": "6"}
-    )
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.path.join(REPO, "src")) if p),
-    )
+    args = base_args(data_dir, out, **{"--use_ema": True, "--ema_decay": "0.5", "--debug_sigkill_at_step": "6"})
     proc = subprocess.run(
-        [sys.executable, SCRIPT, *args], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, SCRIPT, *args], env=script_env(), capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert (out / "checkpoint-6").is_dir() and not (out / "model_index.json").exists()
@@ -289,9 +270,110 @@ def test_clear_errors(data_dir, tmp_path):
         train.parse_args(base_args(data_dir, tmp_path / "c", **{"--codes_dataset": str(data_dir / "codes")}))
     with pytest.raises(ValueError, match="--class_dropout_prob"):
         train.parse_args(
-            base_args(
-                data_dir, tmp_path / "d", **{"--class_label_column": None, "--class_dropout_prob": "0.1"}
-            )
+            base_args(data_dir, tmp_path / "d", **{"--class_label_column": None, "--class_dropout_prob": "0.1"})
         )
     with pytest.raises(ValueError, match="--resolution"):
         train.main(base_args(data_dir, tmp_path / "e", **{"--resolution": "15"}))
+
+
+def script_env():
+    src = os.path.join(REPO, "src")
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), src) if p),
+    )
+
+
+@pytest.mark.slow
+def test_two_process_run_keeps_identical_weights_and_loss_goes_down(data_dir, tmp_path):
+    """Two real CPU processes (torchrun + gloo): the wrapped (DDP) model is what the loop calls, so every
+    parameter gets its gradient all-reduced and both processes end with the same transformer."""
+    out = tmp_path / "ddp"
+    launcher = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = base_args(
+        data_dir,
+        out,
+        steps=10,
+        **{
+            "--train_batch_size": "4",
+            "--debug_dump_state": True,
+            "--checkpointing_steps": "100",
+            "--validation_steps": "100",
+        },
+    )
+    cmd = [launcher, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), SCRIPT, *args]
+    proc = subprocess.run(
+        cmd, env=dict(script_env(), ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rank0 = load_file(os.path.join(out, "debug", "rank0.safetensors"))
+    rank1 = load_file(os.path.join(out, "debug", "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    torch.testing.assert_close(rank0["output_proj.weight"], transformer_state(out)["output_proj.weight"])
+    by_step = losses(out)
+    assert sorted(by_step) == list(range(1, 11))
+    assert np.mean([by_step[9], by_step[10]]) < np.mean([by_step[1], by_step[2]]) - 0.1, by_step
+
+
+def test_nonfinite_loss_stops_before_the_update_and_names_the_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(train.NonFiniteLossError, match=r"step 5.*checkpoint-3"):
+        train.main(base_args(data_dir, out, **{"--debug_nan_at_step": "5", "--checkpointing_steps": "3"}))
+    assert sorted(losses(out)) == [1, 2, 3, 4]
+    assert (out / "checkpoint-3").is_dir() and not (out / "model_index.json").exists()
+
+
+def test_undecodable_image_is_counted_and_skipped(data_dir, tmp_path):
+    images, labels = make_images(8)
+    rows = {
+        "image": [{"bytes": b"not an image", "path": "broken.png"}]
+        + [{"bytes": _png_bytes(im), "path": None} for im in images[1:]],
+        "label": labels,
+    }
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASS_NAMES)})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "broken"))
+    out = tmp_path / "skip"
+    train.main(
+        base_args(
+            data_dir,
+            out,
+            steps=2,
+            **{"--dataset_name": str(tmp_path / "broken"), "--validation_fraction": "0", "--train_batch_size": "8"},
+        )
+    )
+    logged = read_metrics(out)
+    # 8 rows, batch 8: each of the 2 steps is one epoch and meets the broken row once
+    assert [m["num_skipped_images"] for m in logged if "loss" in m] == [1, 2]
+    assert (out / "model_index.json").is_file()
+
+
+def _png_bytes(image):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_help_lists_the_stage2_flags():
+    help_text = train.build_parser().format_help()
+    for flag in (
+        "--vqvae_model_name_or_path",
+        "--codes_dataset",
+        "--class_label_column",
+        "--class_dropout_prob",
+        "--soft_labels",
+        "--soft_label_temperature",
+        "--use_ema",
+        "--guidance_scale",
+        "--top_k",
+        "--validation_split",
+        "--push_to_hub",
+        "--resume_from_checkpoint",
+    ):
+        assert flag in help_text, flag
