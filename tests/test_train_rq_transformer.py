@@ -218,9 +218,48 @@ def test_run_from_codes_dataset(data_dir, tmp_path):
     assert (out / "model_index.json").is_file() and (out / "vqvae" / "config.json").is_file()
 
 
+def test_fine_tune_a_trained_transformer_and_push(data_dir, image_run, tmp_path, monkeypatch):
+    """--model_config_name_or_path <trained transformer> continues from its weights; --push_to_hub goes through
+    RQTransformerPipeline.push_to_hub (recorded here: no network in tests)."""
+    from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
+
+    pushed = {}
+
+    def fake_push(self, repo_id, **kwargs):
+        pushed.update(kwargs, repo_id=repo_id, id2label=self.id2label)
+
+    monkeypatch.setattr(RQTransformerPipeline, "push_to_hub", fake_push)
+    out = tmp_path / "fine_tuned"
+    overrides = {
+        "--dataset_name": None,
+        "--resolution": None,
+        "--codes_dataset": str(data_dir / "codes"),
+        "--model_config_name_or_path": str(image_run / "transformer"),
+        "--hidden_size": None,
+        "--num_attention_heads": None,
+        "--num_spatial_layers": None,
+        "--learning_rate": "1e-4",
+        "--push_to_hub": True,
+        "--hub_model_id": "someone/rq-transformer-test",
+    }
+    train.main(base_args(data_dir, out, steps=2, **overrides))
+    before, after = transformer_state(image_run), transformer_state(out)
+    change = (after["output_proj.weight"] - before["output_proj.weight"]).abs().max()
+    assert 0 < change < 0.01  # started from the trained weights (a new model would differ by ~0.02 anyway)
+    assert pushed["repo_id"] == "someone/rq-transformer-test" and pushed["id2label"] == {0: "left", 1: "right"}
+    assert "validation NLL (bits per code)" in pushed["metrics"]
+    reset_accelerate()
+    with pytest.raises(ValueError, match="trained model.*--hidden_size"):
+        train.main(base_args(data_dir, tmp_path / "x", **{**overrides, "--hidden_size": "64", "--push_to_hub": None}))
+
+
 def test_soft_labels_run(data_dir, tmp_path):
     out = tmp_path / "soft"
-    train.main(base_args(data_dir, out, steps=6, **{"--soft_labels": True, "--class_label_column": None}))
+    train.main(
+        base_args(
+            data_dir, out, steps=6, **{"--soft_labels": True, "--class_label_column": None, "--mixed_precision": "bf16"}
+        )
+    )
     by_step = losses(out)
     assert sorted(by_step) == list(range(1, 7)) and all(np.isfinite(v) for v in by_step.values())
     assert json.loads((out / "transformer" / "config.json").read_text())["num_classes"] is None
