@@ -105,7 +105,8 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the image-dataset flags (diffusers names) to ``parser`` and return their group.
 
-    ``--dataset_name`` (Hub id, local ``save_to_disk`` folder, or ``fashion_mnist``), ``--dataset_config_name``,
+    ``--dataset_name`` (Hub id, local ``save_to_disk`` folder, or ``fashion_mnist``),
+    ``--dataset_config_name``,
     ``--train_data_dir`` (imagefolder), ``--cache_dir``, ``--image_column``, ``--resolution``,
     ``--center_crop``, ``--random_flip``, ``--pad_to_resolution``, ``--max_train_samples``,
     ``--on_decode_error``, ``--dataloader_num_workers``.
@@ -124,7 +125,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     )
     group.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache folder.")
     group.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
-    group.add_argument("--resolution", type=int, default=32, help="Training images are resolution x resolution.")
+    group.add_argument("--resolution", type=int, default=32, help="Images are resolution x resolution.")
     group.add_argument("--center_crop", action="store_true", help="Center crop (default: random crop).")
     group.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
     group.add_argument(
@@ -169,7 +170,7 @@ def add_optimization_args(
     ``--adam_epsilon``, ``--max_grad_norm`` (0 or negative: no clipping), ``--seed``, ``--mixed_precision``.
     """
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Batch size per process.")
+    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Batch per process.")
     group.add_argument("--num_train_epochs", type=int, default=1)
     group.add_argument(
         "--max_train_steps", type=int, default=None,
@@ -212,7 +213,7 @@ def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) ->
     ``--tracker_project_name``, ``--push_to_hub``, ``--hub_model_id``, ``--hub_token``, ``--hub_private``.
     """
     group = parser.add_argument_group("bookkeeping")
-    group.add_argument("--output_dir", type=str, default=output_dir, help="Model, checkpoints and logs go here.")
+    group.add_argument("--output_dir", type=str, default=output_dir, help="Model, checkpoints and logs.")
     group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder inside --output_dir.")
     group.add_argument(
         "--checkpointing_steps", type=int, default=500,
@@ -318,7 +319,8 @@ def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[s
     unknown = [n for n in names if n not in KNOWN_TRACKERS]
     if unknown:
         raise ValueError(
-            f"`--report_to` must name trackers among {sorted(KNOWN_TRACKERS)} (or 'all'/'none'), got {unknown}"
+            f"`--report_to` must name trackers among {sorted(KNOWN_TRACKERS)} (or 'all'/'none'), "
+            f"got {unknown}"
         )
     if check_only:
         return names
@@ -482,7 +484,7 @@ def compute_schedule(num_batches_per_epoch: int, args: argparse.Namespace) -> Sc
 
 
 def make_lr_scheduler(optimizer, args: argparse.Namespace, schedule: Schedule, num_processes: int):
-    """diffusers ``get_scheduler(--lr_scheduler)`` for ``schedule.max_train_steps`` with ``--lr_warmup_steps``.
+    """diffusers ``get_scheduler(--lr_scheduler)`` over ``schedule.max_train_steps``, ``--lr_warmup_steps``.
 
     Counts are multiplied by ``num_processes`` because a prepared scheduler steps once per process each
     optimisation step (accelerate's ``AcceleratedScheduler`` with ``split_batches=False``).
@@ -497,7 +499,7 @@ def make_lr_scheduler(optimizer, args: argparse.Namespace, schedule: Schedule, n
     )
 
 
-# ============================================================================================ progress / resume
+# ======================================================================================= progress / resume
 
 
 @dataclass
@@ -531,9 +533,9 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
 
     Sets the sampler's epoch (``dataloader.set_epoch``) so the shuffled order depends only on the seed and
     the epoch, tells the dataset's :class:`~rq_hf.training.data.ImageBatchTransform` the epoch (its seeded
-    augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed epoch (skipped batches
-    are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch`` up to date. The caller
-    stops it (``break``) when ``max_train_steps`` is reached.
+    augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed
+    epoch (skipped batches are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch``
+    up to date. The caller stops it (``break``) when ``max_train_steps`` is reached.
     """
     from accelerate import skip_first_batches
 
@@ -573,7 +575,7 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
     if resume_from_checkpoint == "latest":
         path = get_last_checkpoint(output_dir)
         if path is None:
-            logger.info("--resume_from_checkpoint latest: no checkpoint in %s; starting a new run", output_dir)
+            logger.info("--resume_from_checkpoint latest: no checkpoint in %s; new run", output_dir)
         return path
     if not os.path.isdir(resume_from_checkpoint):
         raise ValueError(
@@ -665,8 +667,9 @@ def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> Non
     bad = {k: v for k, v in values.items() if k != "nonfinite" and not math.isfinite(v)}
     last = get_last_checkpoint(output_dir)
     raise NonFiniteLossError(
-        f"non-finite loss at step {step} (on {int(values['nonfinite'])} process(es); values {bad or 'on another process'}); "
-        f"stopped before the optimizer step. The last good checkpoint is {last or 'none (no checkpoint saved yet)'}; "
+        f"non-finite loss at step {step} (on {int(values['nonfinite'])} process(es); values "
+        f"{bad or 'on another process'}); stopped before the optimizer step. The last good checkpoint is "
+        f"{last or 'none (no checkpoint saved yet)'}; "
         "resume from it with a lower --learning_rate (or check the data)."
     )
 
@@ -692,7 +695,7 @@ def dump_debug_state(accelerator, model, output_dir: str) -> str:
     return path
 
 
-# ============================================================================================ final save / Hub
+# ======================================================================================= final save / Hub
 
 
 def write_model_card(output_dir: str, *, title: str, description: str, tags: list[str],
@@ -707,7 +710,8 @@ def write_model_card(output_dir: str, *, title: str, description: str, tags: lis
     path = os.path.join(output_dir, "README.md")
     section = f"## Training\n\n{description}\n"
     if args is not None:
-        flags = {k: v for k, v in sorted(vars(args).items()) if k != "hub_token" and not k.startswith("debug_")}
+        flags = {k: v for k, v in sorted(vars(args).items())
+                 if k != "hub_token" and not k.startswith("debug_")}
         section += "\nTraining flags:\n\n```json\n" + json.dumps(flags, indent=2, default=str) + "\n```\n"
     if os.path.isfile(path):
         card = ModelCard.load(path)
