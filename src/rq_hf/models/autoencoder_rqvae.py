@@ -11,6 +11,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
+from .hub_utils import RQHubMixin
 from .residual_quantizer import ResidualQuantizer
 
 
@@ -47,7 +48,7 @@ class RQVAEOutput(BaseOutput):
     perplexity: torch.Tensor
 
 
-class RQVAEModel(ModelMixin, ConfigMixin):
+class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
     r"""RQ-VAE: a convolutional autoencoder whose latents are quantized into a stack of `code_depth` codes.
 
     The encoder/decoder are diffusers' `Encoder` / `Decoder` (`models.autoencoders.vae`, `double_z=False`), so

@@ -73,6 +73,7 @@ from transformers.generation.logits_process import (
 from transformers.utils import ModelOutput
 
 from .configuration_rq_transformer import RQTransformerConfig
+from .hub_utils import RQHubMixin
 
 
 @dataclass
@@ -219,7 +220,7 @@ class RQTransformerStack(nn.Module):
         return hidden_states
 
 
-class RQTransformerPreTrainedModel(PreTrainedModel):
+class RQTransformerPreTrainedModel(RQHubMixin, PreTrainedModel):
     """Weight initialisation and loading glue shared by the RQ-Transformer models."""
 
     config: RQTransformerConfig
@@ -229,6 +230,12 @@ class RQTransformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["RQTransformerBlock"]
     _supports_sdpa = True
+    _model_card_kind = "rq_transformer"
+
+    def _model_card_class_names(self) -> list[str] | None:
+        if self.config.num_classes is None or not self.config.id2label:
+            return None
+        return [self.config.id2label[i] for i in sorted(self.config.id2label)]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
@@ -484,11 +491,20 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
     def _sample(
         probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
     ) -> torch.Tensor:
-        """One code per row; with a list of generators, row i draws from generator i."""
+        """One code per row; with a list of generators, row i draws from generator i.
+
+        A generator on another device than the model (e.g. a CPU generator for a CUDA model, as diffusers
+        allows) draws on its own device, so the same seed gives the same codes on every device.
+        """
+
+        def draw(p: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+            if g is None or g.device == p.device:
+                return torch.multinomial(p, 1, generator=g)
+            return torch.multinomial(p.to(g.device), 1, generator=g).to(p.device)
+
         if isinstance(generator, list):
-            rows = [torch.multinomial(probs[i:i + 1], 1, generator=g) for i, g in enumerate(generator)]
-            return torch.cat(rows)
-        return torch.multinomial(probs, 1, generator=generator)
+            return torch.cat([draw(probs[i:i + 1], g) for i, g in enumerate(generator)])
+        return draw(probs, generator)
 
     @torch.no_grad()
     def generate_codes(

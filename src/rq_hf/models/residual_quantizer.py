@@ -130,6 +130,21 @@ class ResidualQuantizer(nn.Module):
         self.register_buffer("cluster_size_ema", torch.zeros(num_books, codebook_size))
         self.register_buffer("initialized", torch.full((num_books,), not kmeans_init, dtype=torch.bool))
 
+    def _apply(self, fn, recurse=True):
+        """Move the codebook state with the module, but keep its float tensors in float32.
+
+        `model.to(torch.bfloat16)` / `.half()` therefore leave the codebook exact (as `_keep_in_fp32_modules`
+        does at load time); devices still change.
+        """
+
+        def keep_float32(tensor):
+            out = fn(tensor)
+            if tensor.is_floating_point() and out.dtype != tensor.dtype:
+                return tensor.to(device=out.device)
+            return out
+
+        return super()._apply(keep_float32, recurse)
+
     # ------------------------------------------------------------------ helpers
     def _book(self, depth: int) -> int:
         return 0 if self.shared_codebook else depth

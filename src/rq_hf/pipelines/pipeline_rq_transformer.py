@@ -1,0 +1,304 @@
+"""RQTransformerPipeline: class-conditional or unconditional image generation with an RQ-VAE and an RQ-Transformer.
+
+The pipeline samples a code map with the transformer's ``generate_codes`` and decodes it with the RQ-VAE.
+A saved pipeline folder carries the code of the pipeline and of both models, so that
+``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it even where ``rq_hf`` is not
+installed, while ``RQTransformerPipeline.from_pretrained(folder)`` uses the installed ``rq_hf`` classes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+
+from ..models.hub_utils import RQHubMixin, copy_module_sources
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# Files that hold each component's class in a saved folder (the folder's remote code).
+_COMPONENT_FILES = {"vqvae": "autoencoder_rqvae", "transformer": "modeling_rq_transformer"}
+_PIPELINE_FILE = "pipeline_rq_transformer"
+
+
+def _as_size(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
+    r"""Image generation with an RQ-Transformer over the residual codes of an RQ-VAE.
+
+    Args:
+        vqvae ([`RQVAEModel`]): encodes images to codes (B, h, w, D) and decodes codes to images.
+        transformer ([`RQTransformerForCausalImageModeling`]): models the codes autoregressively.
+        id2label (`dict[int, str]`, *optional*): class names of a class-conditional transformer; when given,
+            they are stored in `transformer.config.id2label` (and saved with it). As in `DiTPipeline`, a name may
+            list synonyms separated by commas.
+    """
+
+    model_cpu_offload_seq = "transformer->vqvae"
+
+    def __init__(self, vqvae, transformer, id2label: dict[int, str] | None = None):
+        super().__init__()
+        self._check_components(vqvae, transformer)
+        if id2label is not None:
+            if transformer.config.num_classes is None:
+                raise ValueError("`id2label` was given but the transformer is unconditional (num_classes=None).")
+            id2label = {int(k): str(v) for k, v in id2label.items()}
+            transformer.config.id2label = id2label
+            transformer.config.label2id = {v: k for k, v in id2label.items()}
+        self.register_modules(vqvae=vqvae, transformer=transformer)
+        self.image_processor = VaeImageProcessor(
+            vae_scale_factor=vqvae.downsample_factor,
+            do_convert_grayscale=vqvae.config.in_channels == 1,
+        )
+
+    @staticmethod
+    def _check_components(vqvae, transformer) -> None:
+        vae_cfg, tf_cfg = vqvae.config, transformer.config
+        h, w, depth = tf_cfg.code_shape
+        height, width = _as_size(vae_cfg.sample_size)
+        grid = (height // vqvae.downsample_factor, width // vqvae.downsample_factor)
+        mismatches = []
+        if vae_cfg.codebook_size != tf_cfg.vocab_size:
+            mismatches.append(
+                f"vqvae.config.codebook_size={vae_cfg.codebook_size} != "
+                f"transformer.config.vocab_size={tf_cfg.vocab_size}"
+            )
+        if vae_cfg.code_depth != depth:
+            mismatches.append(f"vqvae.config.code_depth={vae_cfg.code_depth} != transformer code depth {depth}")
+        if grid != (h, w):
+            mismatches.append(
+                f"vqvae latent grid {grid} (sample_size {vae_cfg.sample_size} / {vqvae.downsample_factor}) != "
+                f"transformer.config.code_shape[:2]={(h, w)}"
+            )
+        if mismatches:
+            raise ValueError("`vqvae` and `transformer` do not fit together: " + "; ".join(mismatches))
+
+    # ------------------------------------------------------------------ class names
+    @property
+    def id2label(self) -> dict[int, str]:
+        """Class id -> name of a class-conditional transformer (empty for unconditional ones)."""
+        if self.transformer.config.num_classes is None:
+            return {}
+        return {int(k): v for k, v in (self.transformer.config.id2label or {}).items()}
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Name -> class id, each comma-separated synonym of a name listed on its own (as `DiTPipeline`)."""
+        labels = {}
+        for key, value in self.id2label.items():
+            for label in str(value).split(","):
+                labels[label.strip()] = int(key)
+        return dict(sorted(labels.items()))
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """Map class names to class ids, as `DiTPipeline.get_label_ids`."""
+        names = [label] if isinstance(label, str) else list(label)
+        labels = self.labels
+        unknown = [name for name in names if name not in labels]
+        if unknown:
+            raise ValueError(
+                f"`class_labels` {unknown} are not class names of this model; known names: {list(labels)}."
+            )
+        return [labels[name] for name in names]
+
+    def _class_label_tensor(self, class_labels, num_images: int | None) -> tuple[torch.Tensor | None, int]:
+        num_classes = self.transformer.config.num_classes
+        if class_labels is None:
+            if num_classes is not None:
+                raise ValueError(
+                    f"`class_labels` is required: the transformer is class-conditional ({num_classes} classes)."
+                )
+            num_images = 1 if num_images is None else num_images
+            if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
+                raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
+            return None, num_images
+        if num_classes is None:
+            raise ValueError(f"`class_labels` must be None for an unconditional transformer, got {class_labels!r}.")
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.reshape(-1).tolist()
+        elif isinstance(class_labels, (int, np.integer, str)):
+            class_labels = [class_labels]
+        ids = []
+        for label in class_labels:
+            if isinstance(label, str):
+                ids.extend(self.get_label_ids(label))
+            elif isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+                ids.append(int(label))
+            else:
+                raise TypeError(f"`class_labels` items must be ints or class names, got {label!r}.")
+        out_of_range = [i for i in ids if not 0 <= i < num_classes]
+        if out_of_range:
+            raise ValueError(f"`class_labels` must lie in [0, {num_classes}), got {out_of_range}.")
+        if num_images is not None and num_images != len(ids):
+            raise ValueError(
+                f"`num_images` ({num_images}) must be None or equal the number of class labels ({len(ids)})."
+            )
+        return torch.tensor(ids, dtype=torch.long), len(ids)
+
+    def _prefix_codes(self, image, batch_size: int, num_prefix_positions: int, device) -> torch.Tensor | None:
+        h, w, _ = self.transformer.config.code_shape
+        if image is None:
+            if num_prefix_positions:
+                raise ValueError(
+                    f"`num_prefix_positions` must be 0 when no `image` is given, got {num_prefix_positions}."
+                )
+            return None
+        factor = self.vqvae.downsample_factor
+        pixels = self.image_processor.preprocess(image, height=h * factor, width=w * factor)
+        pixels = pixels.to(device=device, dtype=self.vqvae.dtype)
+        codes = self.vqvae.encode(pixels).codes
+        if codes.shape[0] == 1 and batch_size > 1:
+            codes = codes.expand(batch_size, -1, -1, -1)
+        if codes.shape[0] != batch_size:
+            raise ValueError(f"`image` must hold 1 or {batch_size} images (one per sample), got {codes.shape[0]}.")
+        return codes
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
+        num_images: int | None = None,
+        top_k: int | list[int] | None = None,
+        top_p: float | list[float] | None = None,
+        temperature: float = 1.0,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        image: PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor | None = None,
+        num_prefix_positions: int = 0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[..., Any] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images.
+
+        Args:
+            class_labels: class ids or names (resolved through `id2label`) of a class-conditional model, one per
+                image; `None` for an unconditional model.
+            num_images: number of images of an unconditional model (default 1).
+            top_k, top_p: sampling filters, one value or one per code depth.
+            temperature: softmax temperature (> 0).
+            guidance_scale: classifier-free guidance scale for class-conditional models (1 = no guidance).
+            generator: a `torch.Generator`, or one per image for per-image reproducibility.
+            image: with `num_prefix_positions`, an image (or one per sample) whose first `num_prefix_positions`
+                code positions (raster order) are kept while the rest is sampled (image completion).
+            num_prefix_positions: number of code positions taken from `image`.
+            output_type: `"pil"` (list of PIL images), `"np"` ((B, H, W, C) in [0, 1]), `"pt"` ((B, C, H, W) in
+                [0, 1]) or `"latent"` (the codes, long (B, h, w, D)).
+            return_dict: return an `ImagePipelineOutput` (else a tuple).
+            callback_on_step_end: called as `callback_on_step_end(pipe, step, step, {"codes": codes})` after each
+                sampled code position; `codes` (B, h, w, D) holds the positions sampled so far.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        labels, batch_size = self._class_label_tensor(class_labels, num_images)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` list must hold {batch_size} generators (one per image), got {len(generator)}."
+            )
+        device = self._execution_device
+        prefix = self._prefix_codes(image, batch_size, num_prefix_positions, device)
+
+        h, w, _ = self.transformer.config.code_shape
+        with self.progress_bar(total=h * w) as progress_bar:
+
+            def on_position(position: int, num_positions: int, codes: torch.Tensor) -> None:
+                progress_bar.update()
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, position, position, {"codes": codes})
+
+            codes = self.transformer.generate_codes(
+                batch_size=batch_size,
+                class_labels=None if labels is None else labels.to(device),
+                top_k=top_k,
+                top_p=top_p,
+                temperature=temperature,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                prefix_codes=prefix,
+                num_prefix_positions=num_prefix_positions,
+                callback=on_position,
+            )
+
+        if output_type == "latent":
+            images = codes
+        else:
+            sample = self.vqvae.decode_codes(codes.to(device)).sample
+            images = self.image_processor.postprocess(sample.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # ------------------------------------------------------------------ saving, loading, sharing
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a pipeline saved with `save_pretrained`: a local folder or a Hub repository id.
+
+        Components load with the installed `rq_hf` classes (the code saved in the folder serves
+        `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` instead). Accepts `dtype` (or a dict
+        name -> dtype), `revision`, `cache_dir`, `token`, `local_files_only`; components may be passed as
+        `vqvae=` / `transformer=`. A component whose weight file is missing, corrupt, or does not match its
+        config raises instead of leaving parameters on the meta device.
+        """
+        package = cls.__module__.rsplit(".", 2)[0]
+        if not package.startswith("rq_hf"):  # this class was itself loaded from a folder's code
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = os.fspath(pretrained_model_name_or_path)
+        hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
+        if not os.path.isdir(folder):
+            folder = DiffusionPipeline.download(folder, **hub_kwargs)
+        with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
+            index = json.load(f)
+        dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+        id2label = kwargs.pop("id2label", None)
+        components = {}
+        for name, module_file in _COMPONENT_FILES.items():
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+                continue
+            class_name = index[name][1]
+            module = importlib.import_module(f"{package}.models.{module_file}")
+            component_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
+            load_kwargs = {"dtype": component_dtype} if component_dtype is not None else {}
+            component = getattr(module, class_name).from_pretrained(os.path.join(folder, name), **load_kwargs, **kwargs)
+            meta = [n for n, t in component.state_dict().items() if t.device.type == "meta"]
+            if meta:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path!r}: the weights of `{name}` lack {len(meta)} tensors "
+                    f"(e.g. {meta[:3]}): the folder does not match its config or is incomplete."
+                )
+            components[name] = component
+        pipe = cls(**components, id2label=id2label)
+        pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
+        return pipe
+
+    _model_card_kind = "pipeline"
+
+    def _model_card_config(self) -> dict[str, Any]:
+        return {"vqvae": self.vqvae._model_card_config(), "transformer": self.transformer._model_card_config()}
+
+    def _model_card_class_names(self) -> list[str] | None:
+        return [self.id2label[i] for i in sorted(self.id2label)] or None
+
+    def _write_extra_files(self, folder: str) -> None:
+        copy_module_sources(sys.modules[type(self).__module__].__file__, folder)
+        index_path = os.path.join(folder, "model_index.json")
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        index["_class_name"] = [_PIPELINE_FILE, type(self).__name__]
+        for name, module_file in _COMPONENT_FILES.items():
+            component = getattr(self, name)
+            copy_module_sources(sys.modules[type(component).__module__].__file__, os.path.join(folder, name))
+            index[name] = [module_file, type(component).__name__]
+        with open(index_path, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
