@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         debug_hooks_after_step,
         dump_debug_state,
         guard_finite,
+        hub_repo_id,
         init_trackers,
         iterate_epochs,
         load_train_dataset,
@@ -423,7 +424,9 @@ def main(argv: list[str] | None = None) -> None:
         final_psnr = validate(unwrapped_vae, validation_images.to(device), args.output_dir,
                               progress.global_step)
         metrics.log({"val/psnr": final_psnr}, step=progress.global_step)
-        unwrapped_vae.save_pretrained(args.output_dir)
+        metrics_for_card = {"validation PSNR (dB)": round(final_psnr, 2), "training steps": progress.global_step}
+        repo_id = hub_repo_id(args) if args.push_to_hub else None
+        unwrapped_vae.save_pretrained(args.output_dir, metrics=metrics_for_card, repo_id=repo_id)
         h, w, depth = unwrapped_vae.code_shape_for(args.resolution, args.resolution)
         write_model_card(
             args.output_dir,
@@ -442,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         logger.info("Saved the model to %s (validation PSNR %.2f dB)", args.output_dir, final_psnr)
         if args.push_to_hub:
-            repo_id = push_to_hub(unwrapped_vae, args)
+            push_to_hub(unwrapped_vae, args, metrics=metrics_for_card)
             logger.info("Pushed to the Hub: %s", repo_id)
     accelerator.wait_for_everyone()
     accelerator.end_training()

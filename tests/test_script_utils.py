@@ -103,6 +103,8 @@ def test_push_to_hub_uses_the_models_own_method(tmp_path):
                               hub_private=True)
     assert push_to_hub(Fake(), args) == "my-rqvae"
     assert calls == [("my-rqvae", {"token": "t", "private": True, "commit_message": "End of training"})]
+    push_to_hub(Fake(), args, metrics={"psnr": 20.0})
+    assert calls[-1][1]["metrics"] == {"psnr": 20.0}
 
 
 def test_model_card_written_then_extended(tmp_path):

@@ -147,7 +147,8 @@ def test_short_run_saves_loadable_model_and_loss_goes_down(full_run):
         assert key in metrics[0], key
     assert any("val/psnr" in m for m in metrics)
     assert os.path.isfile(full_run / "validation" / "step_000004.png")
-    assert os.path.isfile(full_run / "README.md")
+    card = open(full_run / "README.md").read()
+    assert "validation PSNR" in card and "## Training" in card and "RQVAEModel" in card
     # --checkpoints_total_limit 1: only the newest checkpoint stays
     assert sorted(p for p in os.listdir(full_run) if p.startswith("checkpoint")) == ["checkpoint-6"]
     with torch.no_grad():

@@ -73,6 +73,7 @@ __all__ = [
     "dump_debug_state",
     "get_last_checkpoint",
     "guard_finite",
+    "hub_repo_id",
     "init_trackers",
     "iterate_epochs",
     "load_train_dataset",
@@ -700,10 +701,11 @@ def dump_debug_state(accelerator, model, output_dir: str) -> str:
 
 def write_model_card(output_dir: str, *, title: str, description: str, tags: list[str],
                      pipeline_tag: str | None = None, args: argparse.Namespace | None = None) -> str:
-    """Write (or extend) ``output_dir/README.md`` with a model card describing the training run.
+    """Write (or extend) ``output_dir/README.md`` with a ``## Training`` section describing the run.
 
-    An existing card (e.g. one written by the model's own ``save_pretrained``) keeps its content and
-    metadata; the training section is appended to it.
+    Call it after the model's ``save_pretrained`` (rq-hf models write their own card, with usage, metrics
+    and configuration): that card keeps its content and metadata and the training section is appended.
+    Without a card, a minimal one is created.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -723,12 +725,19 @@ def write_model_card(output_dir: str, *, title: str, description: str, tags: lis
     return path
 
 
-def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of training") -> str:
-    """Push ``model`` (a ModelMixin/PreTrainedModel or a pipeline) with its own ``push_to_hub``.
+def hub_repo_id(args: argparse.Namespace) -> str:
+    """``--hub_model_id``, or the name of ``--output_dir``."""
+    return args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
 
-    The repo id is ``--hub_model_id`` or the name of ``--output_dir``. Nothing is re-implemented: the
-    model's ``push_to_hub`` saves, writes its model card and uploads. Returns the repo id.
+
+def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of training", **kwargs) -> str:
+    """Push ``model`` (an rq-hf model or pipeline) with its own ``push_to_hub``; returns the repo id.
+
+    The repo id is :func:`hub_repo_id`. Nothing is re-implemented: the model's ``push_to_hub`` (rq-hf's
+    ``RQHubMixin``) saves into a temporary folder with its model card and uploads it. ``kwargs`` go to it
+    (e.g. ``metrics={"PSNR (dB)": 27.1}``, listed in the card).
     """
-    repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
-    model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message)
+    repo_id = hub_repo_id(args)
+    model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message,
+                      **kwargs)
     return repo_id
