@@ -145,8 +145,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     )
     group.add_argument(
         "--dataloader_num_workers", type=int, default=0,
-        help="DataLoader worker processes. Exact resume of random augmentations needs 0 (the default); the "
-        "data order is exact either way.",
+        help="DataLoader worker processes (not persistent). Augmentations are seeded per (seed, epoch, row), "
+        "so data order and augmentations repeat exactly on resume with any number of workers.",
     )
     return group
 
