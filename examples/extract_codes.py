@@ -116,7 +116,8 @@ def extract_codes(args: argparse.Namespace):
         encoded = vae.encode(images)
         if args.stochastic:
             latents = encoded.latents.permute(0, 2, 3, 1)
-            codes = vae.quantizer.soft_codes(latents, args.temperature, stochastic=True, generator=generator).codes
+            soft = vae.quantizer.soft_codes(latents, args.temperature, stochastic=True, generator=generator)
+            codes = soft.codes
         else:
             codes = encoded.codes
         out["codes"] = list(codes.to(torch.int32).cpu().numpy().astype(np.int32))

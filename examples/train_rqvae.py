@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loss.add_argument(
         "--lpips_weights", type=str, nargs="+", default=None,
-        help="Local LPIPS weights file(s) (VGG16 features + lpips linear layers; see rq_hf.training.perceptual).",
+        help="Local LPIPS weights file(s): VGG16 features + lpips linear layers (rq_hf.training.perceptual).",
     )
     loss.add_argument("--disc_weight", type=float, default=0.75, help="Adversarial weight (0: no GAN).")
     loss.add_argument("--disc_start", type=int, default=0, help="Step at which the GAN terms start.")
@@ -125,9 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.perceptual_weight > 0 and not args.lpips_weights:
         raise ValueError(
-            f"`--perceptual_weight` {args.perceptual_weight} needs `--lpips_weights PATH`: LPIPS uses pretrained "
-            "VGG16 + linear-layer weights that cannot be downloaded here (rq_hf.training.perceptual explains "
-            "how to build the file); pass it, or use --perceptual_weight 0"
+            f"`--perceptual_weight` {args.perceptual_weight} needs `--lpips_weights PATH`: LPIPS uses "
+            "pretrained VGG16 + linear-layer weights that cannot be downloaded here "
+            "(rq_hf.training.perceptual explains how to build the file); give it or use --perceptual_weight 0"
         )
     if args.disc_start < 0:
         raise ValueError(f"`--disc_start` must be >= 0, got {args.disc_start}")
@@ -201,7 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from rq_hf.training.adversarial import adaptive_weight, adopt_weight, generator_adversarial_loss, hinge_d_loss
+    from rq_hf.training.adversarial import (
+        adaptive_weight,
+        adopt_weight,
+        generator_adversarial_loss,
+        hinge_d_loss,
+    )
     from rq_hf.training.data import ImageTransform, collate_images, with_image_transform
     from rq_hf.training.discriminator import PatchGANDiscriminator
     from rq_hf.training.script_utils import (
@@ -211,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         debug_hooks_after_step,
         dump_debug_state,
         guard_finite,
+        hub_repo_id,
         init_trackers,
         iterate_epochs,
         load_train_dataset,
@@ -236,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     factor = vae.downsample_factor
     if args.resolution % factor:
         raise ValueError(
-            f"`--resolution` must be a multiple of the model's down-sampling factor {factor}, got {args.resolution}"
+            f"`--resolution` must be a multiple of the model's down-sampling factor {factor}, "
+            f"got {args.resolution}"
         )
     use_disc = args.disc_weight > 0
     discriminator = None
@@ -281,8 +288,10 @@ def main(argv: list[str] | None = None) -> None:
     lr_scheduler = make_lr_scheduler(optimizer, args, schedule, accelerator.num_processes)
     vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
     if use_disc:
-        discr_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discr_learning_rate, betas=betas,
-                                            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+        discr_optimizer = torch.optim.AdamW(
+            discriminator.parameters(), lr=args.discr_learning_rate, betas=betas,
+            weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        )
         discr_lr_scheduler = make_lr_scheduler(discr_optimizer, args, schedule, accelerator.num_processes)
         discriminator, discr_optimizer, discr_lr_scheduler = accelerator.prepare(
             discriminator, discr_optimizer, discr_lr_scheduler
@@ -307,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     logger.info(
         "***** Training: %d images, %d processes x batch %d x accumulation %d, %d steps (%d epochs), "
         "%.2fM parameters *****", len(train_dataset), accelerator.num_processes, args.train_batch_size,
-        args.gradient_accumulation_steps, schedule.max_train_steps, schedule.num_train_epochs, num_params / 1e6,
+        args.gradient_accumulation_steps, schedule.max_train_steps, schedule.num_train_epochs,
+        num_params / 1e6,
     )
     progress_bar = tqdm(total=schedule.max_train_steps, initial=progress.global_step, desc="Steps",
                         disable=not accelerator.is_local_main_process)
@@ -336,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
                 # The WRAPPED model (DDP needs it); this also updates the EMA codebooks. A tuple, because
                 # accelerate's mixed-precision output conversion rebuilds mappings with one positional
                 # argument, which BaseOutput classes with several required fields do not accept.
-                reconstructions, _, commitment_loss, codebook_usage, perplexity = vae(pixel_values, return_dict=False)
+                outputs = vae(pixel_values, return_dict=False)
+                reconstructions, _, commitment_loss, codebook_usage, perplexity = outputs
                 rec_loss = rec_fn(reconstructions.float(), pixel_values.float())
                 if args.debug_nan_at_step == step:
                     rec_loss = rec_loss * float("nan")  # test hook
@@ -359,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
                     logits_real, logits_fake = logits.chunk(2)
                     d_loss = disc_factor * hinge_d_loss(logits_real, logits_fake)
                     values.update(g_loss=g_loss.detach(), d_loss=d_loss.detach(), adaptive_weight=d_weight,
-                                  logits_real=logits_real.detach().mean(), logits_fake=logits_fake.detach().mean())
+                                  logits_real=logits_real.detach().mean(),
+                                  logits_fake=logits_fake.detach().mean())
                 values["loss"] = loss.detach()
                 for d in range(codebook_usage.shape[0]):
                     values[f"codebook_usage/depth{d}"] = codebook_usage[d]
@@ -409,9 +421,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.debug_dump_state:
         dump_debug_state(accelerator, unwrapped_vae, args.output_dir)
     if accelerator.is_main_process:
-        final_psnr = validate(unwrapped_vae, validation_images.to(device), args.output_dir, progress.global_step)
+        final_psnr = validate(unwrapped_vae, validation_images.to(device), args.output_dir,
+                              progress.global_step)
         metrics.log({"val/psnr": final_psnr}, step=progress.global_step)
-        unwrapped_vae.save_pretrained(args.output_dir)
+        metrics_for_card = {"validation PSNR (dB)": round(final_psnr, 2), "training steps": progress.global_step}
+        repo_id = hub_repo_id(args) if args.push_to_hub else None
+        unwrapped_vae.save_pretrained(args.output_dir, metrics=metrics_for_card, repo_id=repo_id)
         h, w, depth = unwrapped_vae.code_shape_for(args.resolution, args.resolution)
         write_model_card(
             args.output_dir,
@@ -430,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         logger.info("Saved the model to %s (validation PSNR %.2f dB)", args.output_dir, final_psnr)
         if args.push_to_hub:
-            repo_id = push_to_hub(unwrapped_vae, args)
+            push_to_hub(unwrapped_vae, args, metrics=metrics_for_card)
             logger.info("Pushed to the Hub: %s", repo_id)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -39,11 +39,14 @@ def setup(tmp_path_factory):
                      codebook_size=16, code_depth=3)
     vae.save_pretrained(str(root / "vae"))
     rng = np.random.default_rng(0)
-    images = [{"bytes": png_bytes(rng.integers(0, 256, (16, 16), dtype=np.uint8)), "path": None} for _ in range(5)]
+    arrays = [rng.integers(0, 256, (16, 16), dtype=np.uint8) for _ in range(5)]
+    images = [{"bytes": png_bytes(a), "path": None} for a in arrays]
     images.insert(1, {"bytes": b"garbage", "path": "bad.png"})
     labels = [0, 2, 1, 2, 0, 1]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y", "z"])})
-    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(root / "data"))
+    label = datasets.ClassLabel(names=["x", "y", "z"])
+    features = datasets.Features({"image": datasets.Image(), "label": label})
+    dataset = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+    dataset.save_to_disk(str(root / "data"))
     return root, vae, labels
 
 
@@ -73,8 +76,8 @@ def test_stochastic_codes_are_seeded_and_differ_from_nearest(setup):
     common = ["--vqvae_model_name_or_path", str(root / "vae"), "--dataset_name", str(root / "data"),
               "--resolution", "16", "--device", "cpu", "--label_column", ""]
     nearest = script.extract_codes(script.parse_args(common + ["--output_dir", "unused"]))
-    stochastic = [script.extract_codes(script.parse_args(
-        common + ["--output_dir", "unused", "--stochastic", "--temperature", "5", "--seed", "3"])) for _ in range(2)]
+    flags = common + ["--output_dir", "unused", "--stochastic", "--temperature", "5", "--seed", "3"]
+    stochastic = [script.extract_codes(script.parse_args(flags)) for _ in range(2)]
     assert "label" not in nearest.column_names
     a, b = (np.asarray(s.with_format("numpy")["codes"]) for s in stochastic)
     np.testing.assert_array_equal(a, b)

@@ -25,8 +25,8 @@ class RQVAEEncoderOutput(BaseOutput):
         codes (`torch.LongTensor` of shape `(batch_size, height, width, code_depth)`): The residual codes.
     """
 
-    latents: torch.Tensor
-    codes: torch.LongTensor
+    latents: torch.Tensor = None
+    codes: torch.LongTensor = None
 
 
 @dataclass
@@ -41,11 +41,11 @@ class RQVAEOutput(BaseOutput):
         perplexity (`torch.Tensor` of shape `(code_depth,)`): Perplexity of the codes of the batch.
     """
 
-    sample: torch.Tensor
-    codes: torch.LongTensor
-    commitment_loss: torch.Tensor
-    codebook_usage: torch.Tensor
-    perplexity: torch.Tensor
+    sample: torch.Tensor = None
+    codes: torch.LongTensor = None
+    commitment_loss: torch.Tensor = None
+    codebook_usage: torch.Tensor = None
+    perplexity: torch.Tensor = None
 
 
 class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):

@@ -491,11 +491,20 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
     def _sample(
         probs: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None
     ) -> torch.Tensor:
-        """One code per row; with a list of generators, row i draws from generator i."""
+        """One code per row; with a list of generators, row i draws from generator i.
+
+        A generator on another device than the model (e.g. a CPU generator for a CUDA model, as diffusers
+        allows) draws on its own device, so the same seed gives the same codes on every device.
+        """
+
+        def draw(p: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+            if g is None or g.device == p.device:
+                return torch.multinomial(p, 1, generator=g)
+            return torch.multinomial(p.to(g.device), 1, generator=g).to(p.device)
+
         if isinstance(generator, list):
-            rows = [torch.multinomial(probs[i:i + 1], 1, generator=g) for i, g in enumerate(generator)]
-            return torch.cat(rows)
-        return torch.multinomial(probs, 1, generator=generator)
+            return torch.cat([draw(probs[i:i + 1], g) for i, g in enumerate(generator)])
+        return draw(probs, generator)
 
     @torch.no_grad()
     def generate_codes(

@@ -74,6 +74,7 @@ __all__ = [
     "dump_debug_state",
     "get_last_checkpoint",
     "guard_finite",
+    "hub_repo_id",
     "init_trackers",
     "iterate_epochs",
     "load_train_dataset",
@@ -106,7 +107,8 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the image-dataset flags (diffusers names) to ``parser`` and return their group.
 
-    ``--dataset_name`` (Hub id, local ``save_to_disk`` folder, or ``fashion_mnist``), ``--dataset_config_name``,
+    ``--dataset_name`` (Hub id, local ``save_to_disk`` folder, or ``fashion_mnist``),
+    ``--dataset_config_name``,
     ``--train_data_dir`` (imagefolder), ``--cache_dir``, ``--image_column``, ``--resolution``,
     ``--center_crop``, ``--random_flip``, ``--pad_to_resolution``, ``--max_train_samples``,
     ``--on_decode_error``, ``--dataloader_num_workers``.
@@ -125,7 +127,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     )
     group.add_argument("--cache_dir", type=str, default=None, help="`datasets` cache folder.")
     group.add_argument("--image_column", type=str, default="image", help="Column holding the images.")
-    group.add_argument("--resolution", type=int, default=32, help="Training images are resolution x resolution.")
+    group.add_argument("--resolution", type=int, default=32, help="Images are resolution x resolution.")
     group.add_argument("--center_crop", action="store_true", help="Center crop (default: random crop).")
     group.add_argument("--random_flip", action="store_true", help="Random horizontal flips.")
     group.add_argument(
@@ -144,8 +146,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     )
     group.add_argument(
         "--dataloader_num_workers", type=int, default=0,
-        help="DataLoader worker processes. Exact resume of random augmentations needs 0 (the default); the "
-        "data order is exact either way.",
+        help="DataLoader worker processes (not persistent). Augmentations are seeded per (seed, epoch, row), "
+        "so data order and augmentations repeat exactly on resume with any number of workers.",
     )
     return group
 
@@ -170,7 +172,7 @@ def add_optimization_args(
     ``--adam_epsilon``, ``--max_grad_norm`` (0 or negative: no clipping), ``--seed``, ``--mixed_precision``.
     """
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Batch size per process.")
+    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Batch per process.")
     group.add_argument("--num_train_epochs", type=int, default=1)
     group.add_argument(
         "--max_train_steps", type=int, default=None,
@@ -213,7 +215,7 @@ def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) ->
     ``--tracker_project_name``, ``--push_to_hub``, ``--hub_model_id``, ``--hub_token``, ``--hub_private``.
     """
     group = parser.add_argument_group("bookkeeping")
-    group.add_argument("--output_dir", type=str, default=output_dir, help="Model, checkpoints and logs go here.")
+    group.add_argument("--output_dir", type=str, default=output_dir, help="Model, checkpoints and logs.")
     group.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder inside --output_dir.")
     group.add_argument(
         "--checkpointing_steps", type=int, default=500,
@@ -319,7 +321,8 @@ def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[s
     unknown = [n for n in names if n not in KNOWN_TRACKERS]
     if unknown:
         raise ValueError(
-            f"`--report_to` must name trackers among {sorted(KNOWN_TRACKERS)} (or 'all'/'none'), got {unknown}"
+            f"`--report_to` must name trackers among {sorted(KNOWN_TRACKERS)} (or 'all'/'none'), "
+            f"got {unknown}"
         )
     if check_only:
         return names
@@ -483,7 +486,7 @@ def compute_schedule(num_batches_per_epoch: int, args: argparse.Namespace) -> Sc
 
 
 def make_lr_scheduler(optimizer, args: argparse.Namespace, schedule: Schedule, num_processes: int):
-    """diffusers ``get_scheduler(--lr_scheduler)`` for ``schedule.max_train_steps`` with ``--lr_warmup_steps``.
+    """diffusers ``get_scheduler(--lr_scheduler)`` over ``schedule.max_train_steps``, ``--lr_warmup_steps``.
 
     Counts are multiplied by ``num_processes`` because a prepared scheduler steps once per process each
     optimisation step (accelerate's ``AcceleratedScheduler`` with ``split_batches=False``).
@@ -498,7 +501,7 @@ def make_lr_scheduler(optimizer, args: argparse.Namespace, schedule: Schedule, n
     )
 
 
-# ============================================================================================ progress / resume
+# ======================================================================================= progress / resume
 
 
 @dataclass
@@ -532,9 +535,9 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
 
     Sets the sampler's epoch (``dataloader.set_epoch``) so the shuffled order depends only on the seed and
     the epoch, tells the dataset's :class:`~rq_hf.training.data.ImageBatchTransform` the epoch (its seeded
-    augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed epoch (skipped batches
-    are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch`` up to date. The caller
-    stops it (``break``) when ``max_train_steps`` is reached.
+    augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed
+    epoch (skipped batches are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch``
+    up to date. The caller stops it (``break``) when ``max_train_steps`` is reached.
     """
     from accelerate import skip_first_batches
 
@@ -574,7 +577,7 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
     if resume_from_checkpoint == "latest":
         path = get_last_checkpoint(output_dir)
         if path is None:
-            logger.info("--resume_from_checkpoint latest: no checkpoint in %s; starting a new run", output_dir)
+            logger.info("--resume_from_checkpoint latest: no checkpoint in %s; new run", output_dir)
         return path
     if not os.path.isdir(resume_from_checkpoint):
         raise ValueError(
@@ -666,8 +669,9 @@ def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> Non
     bad = {k: v for k, v in values.items() if k != "nonfinite" and not math.isfinite(v)}
     last = get_last_checkpoint(output_dir)
     raise NonFiniteLossError(
-        f"non-finite loss at step {step} (on {int(values['nonfinite'])} process(es); values {bad or 'on another process'}); "
-        f"stopped before the optimizer step. The last good checkpoint is {last or 'none (no checkpoint saved yet)'}; "
+        f"non-finite loss at step {step} (on {int(values['nonfinite'])} process(es); values "
+        f"{bad or 'on another process'}); stopped before the optimizer step. The last good checkpoint is "
+        f"{last or 'none (no checkpoint saved yet)'}; "
         "resume from it with a lower --learning_rate (or check the data)."
     )
 
@@ -715,22 +719,24 @@ def dump_debug_state(accelerator, model, output_dir: str) -> str:
     return path
 
 
-# ============================================================================================ final save / Hub
+# ======================================================================================= final save / Hub
 
 
 def write_model_card(output_dir: str, *, title: str, description: str, tags: list[str],
                      pipeline_tag: str | None = None, args: argparse.Namespace | None = None) -> str:
-    """Write (or extend) ``output_dir/README.md`` with a model card describing the training run.
+    """Write (or extend) ``output_dir/README.md`` with a ``## Training`` section describing the run.
 
-    An existing card (e.g. one written by the model's own ``save_pretrained``) keeps its content and
-    metadata; the training section is appended to it.
+    Call it after the model's ``save_pretrained`` (rq-hf models write their own card, with usage, metrics
+    and configuration): that card keeps its content and metadata and the training section is appended.
+    Without a card, a minimal one is created.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     path = os.path.join(output_dir, "README.md")
     section = f"## Training\n\n{description}\n"
     if args is not None:
-        flags = {k: v for k, v in sorted(vars(args).items()) if k != "hub_token" and not k.startswith("debug_")}
+        flags = {k: v for k, v in sorted(vars(args).items())
+                 if k != "hub_token" and not k.startswith("debug_")}
         section += "\nTraining flags:\n\n```json\n" + json.dumps(flags, indent=2, default=str) + "\n```\n"
     if os.path.isfile(path):
         card = ModelCard.load(path)
@@ -742,12 +748,19 @@ def write_model_card(output_dir: str, *, title: str, description: str, tags: lis
     return path
 
 
-def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of training") -> str:
-    """Push ``model`` (a ModelMixin/PreTrainedModel or a pipeline) with its own ``push_to_hub``.
+def hub_repo_id(args: argparse.Namespace) -> str:
+    """``--hub_model_id``, or the name of ``--output_dir``."""
+    return args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
 
-    The repo id is ``--hub_model_id`` or the name of ``--output_dir``. Nothing is re-implemented: the
-    model's ``push_to_hub`` saves, writes its model card and uploads. Returns the repo id.
+
+def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of training", **kwargs) -> str:
+    """Push ``model`` (an rq-hf model or pipeline) with its own ``push_to_hub``; returns the repo id.
+
+    The repo id is :func:`hub_repo_id`. Nothing is re-implemented: the model's ``push_to_hub`` (rq-hf's
+    ``RQHubMixin``) saves into a temporary folder with its model card and uploads it. ``kwargs`` go to it
+    (e.g. ``metrics={"PSNR (dB)": 27.1}``, listed in the card).
     """
-    repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
-    model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message)
+    repo_id = hub_repo_id(args)
+    model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message,
+                      **kwargs)
     return repo_id

@@ -1,0 +1,139 @@
+"""rq_hf.training.script_utils and the seeded augmentations, in process (no training run)."""
+
+import argparse
+import logging
+import os
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from rq_hf.training.data import ROW_INDEX_COLUMN, ImageTransform, collate_images, with_image_transform
+from rq_hf.training.script_utils import (
+    NonFiniteLossError,
+    add_bookkeeping_args,
+    add_data_args,
+    add_debug_args,
+    add_optimization_args,
+    check_common_args,
+    compute_schedule,
+    get_last_checkpoint,
+    guard_finite,
+    push_to_hub,
+    resolve_report_to,
+    resolve_resume_checkpoint,
+    write_model_card,
+)
+
+
+def parser():
+    p = argparse.ArgumentParser()
+    add_data_args(p)
+    add_optimization_args(p, learning_rate=3e-4, adam_beta2=0.95, lr_scheduler="cosine")
+    add_bookkeeping_args(p, output_dir="out")
+    add_debug_args(p)
+    return p
+
+
+def test_shared_parser_defaults_and_validation():
+    args = parser().parse_args(["--dataset_name", "x"])
+    assert (args.learning_rate, args.adam_beta2, args.lr_scheduler) == (3e-4, 0.95, "cosine")
+    check_common_args(args)
+    with pytest.raises(ValueError, match="--train_batch_size"):
+        check_common_args(parser().parse_args(["--dataset_name", "x", "--train_batch_size", "0"]))
+    with pytest.raises(ValueError, match="--dataset_name"):
+        check_common_args(parser().parse_args([]))
+    with pytest.raises(ValueError, match="only one"):
+        check_common_args(parser().parse_args(["--dataset_name", "x", "--train_data_dir", "y"]))
+
+
+def test_report_to_skips_missing_trackers_with_a_message(caplog):
+    assert resolve_report_to("none") == []
+    with caplog.at_level(logging.WARNING):
+        available = resolve_report_to("tensorboard,wandb")
+    for name in ("tensorboard", "wandb"):
+        try:
+            __import__(name)
+        except ImportError:
+            assert name not in available
+            assert f"pip install {name}" in caplog.text
+    with pytest.raises(ValueError, match="--report_to"):
+        resolve_report_to("comet")
+
+
+def test_schedule_from_sharded_length():
+    args = argparse.Namespace(gradient_accumulation_steps=2, max_train_steps=None, num_train_epochs=3)
+    s = compute_schedule(5, args)
+    assert (s.num_update_steps_per_epoch, s.max_train_steps, s.num_train_epochs) == (3, 9, 3)
+    args.max_train_steps = 10
+    assert compute_schedule(5, args).num_train_epochs == 4
+    with pytest.raises(ValueError, match="batches per process"):
+        compute_schedule(0, args)
+
+
+def test_checkpoint_discovery_ignores_partial_saves(tmp_path):
+    assert get_last_checkpoint(str(tmp_path)) is None
+    for name in ("checkpoint-2", "checkpoint-10", "checkpoint-12.tmp", "checkpoint-x"):
+        os.makedirs(tmp_path / name)
+    assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume_checkpoint("latest", str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    assert resolve_resume_checkpoint("latest", str(tmp_path / "empty")) is None
+    assert resolve_resume_checkpoint(None, str(tmp_path)) is None
+    with pytest.raises(ValueError, match="--resume_from_checkpoint"):
+        resolve_resume_checkpoint(str(tmp_path / "missing"), str(tmp_path))
+
+
+def test_guard_finite_names_step_and_checkpoint(tmp_path):
+    guard_finite({"loss": 1.0, "nonfinite": 0.0}, 3, str(tmp_path))
+    os.makedirs(tmp_path / "checkpoint-4")
+    with pytest.raises(NonFiniteLossError, match=r"step 7.*checkpoint-4"):
+        guard_finite({"loss": float("nan"), "nonfinite": 1.0}, 7, str(tmp_path))
+
+
+def test_push_to_hub_uses_the_models_own_method(tmp_path):
+    calls = []
+
+    class Fake:
+        def push_to_hub(self, repo_id, **kwargs):
+            calls.append((repo_id, kwargs))
+
+    args = argparse.Namespace(hub_model_id=None, output_dir=str(tmp_path / "my-rqvae"), hub_token="t",
+                              hub_private=True)
+    assert push_to_hub(Fake(), args) == "my-rqvae"
+    assert calls == [("my-rqvae", {"token": "t", "private": True, "commit_message": "End of training"})]
+    push_to_hub(Fake(), args, metrics={"psnr": 20.0})
+    assert calls[-1][1]["metrics"] == {"psnr": 20.0}
+
+
+def test_model_card_written_then_extended(tmp_path):
+    args = argparse.Namespace(learning_rate=1e-3, hub_token="secret", debug_nan_at_step=None)
+    path = write_model_card(str(tmp_path), title="T", description="first", tags=["rq-vae"], args=args)
+    text = open(path).read()
+    assert "rq-vae" in text and "first" in text and "learning_rate" in text and "secret" not in text
+    write_model_card(str(tmp_path), title="T", description="second", tags=["rq-vae"])
+    text = open(path).read()
+    assert "first" in text and "second" in text
+
+
+def test_seeded_augmentations_depend_on_seed_epoch_and_row_only():
+    rng = np.random.default_rng(0)
+    images = [PIL.Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8), mode="L") for _ in range(6)]
+    features = datasets.Features({"image": datasets.Image()})
+    dataset = datasets.Dataset.from_dict({"image": images}, features=features)
+    transform = ImageTransform(8, random_flip=True, num_channels=1)
+    seeded = with_image_transform(dataset, transform, seed=5)
+    assert ROW_INDEX_COLUMN in seeded.column_names
+    batch_transform = seeded.format["format_kwargs"]["transform"]
+    before = torch.get_rng_state()
+    epoch0 = collate_images([seeded[i] for i in range(6)])["pixel_values"]
+    assert torch.equal(torch.get_rng_state(), before)  # the global RNG is untouched
+    # the same row gives the same crop/flip whatever order or batch it is loaded in
+    again = collate_images([seeded[i] for i in (5, 3, 1)])["pixel_values"]
+    assert torch.equal(again, epoch0[[5, 3, 1]])
+    batch_transform.set_epoch(1)
+    epoch1 = collate_images([seeded[i] for i in range(6)])["pixel_values"]
+    assert not torch.equal(epoch0, epoch1)
+    other = with_image_transform(dataset, transform, seed=6)
+    assert not torch.equal(collate_images([other[i] for i in range(6)])["pixel_values"], epoch0)
