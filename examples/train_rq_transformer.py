@@ -541,6 +541,7 @@ def main(argv: list[str] | None = None) -> str:
         make_lr_scheduler,
         make_train_dataloader,
         maybe_save_checkpoint,
+        push_to_hub,
         reduce_step_values,
         resolve_resume_checkpoint,
         write_model_card,
@@ -824,14 +825,7 @@ def main(argv: list[str] | None = None) -> str:
         )
         logger.info("Saved the pipeline to %s", args.output_dir)
         if args.push_to_hub:
-            repo_id = args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
-            pipe.push_to_hub(
-                repo_id,
-                token=args.hub_token,
-                private=args.hub_private,
-                metrics=card_metrics,
-                commit_message="End of training",
-            )
+            repo_id = push_to_hub(pipe, args, metrics=card_metrics)  # pipe.push_to_hub: card + folder upload
             logger.info("Pushed to the Hub: %s", repo_id)
     accelerator.wait_for_everyone()
     accelerator.end_training()
