@@ -416,3 +416,37 @@ def test_help_lists_the_stage2_flags():
         "--resume_from_checkpoint",
     ):
         assert flag in help_text, flag
+
+
+def test_weight_decay_only_on_linear_weights():
+    from rq_hf.models.configuration_rq_transformer import RQTransformerConfig
+    from rq_hf.models.modeling_rq_transformer import RQTransformerForCausalImageModeling
+
+    config = RQTransformerConfig(
+        vocab_size=32,
+        code_shape=[2, 2, 2],
+        hidden_size=16,
+        num_spatial_layers=1,
+        num_depth_layers=1,
+        num_attention_heads=2,
+        code_embedding_dim=8,
+        num_classes=2,
+    )
+    model = RQTransformerForCausalImageModeling(config)
+    model.code_embeddings.weight.requires_grad_(False)  # frozen codebook copy: not optimised at all
+    decay, no_decay = train.param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    not_decayed = {names[id(p)] for p in no_decay["params"]}
+    assert "output_proj.weight" in decayed and "spatial_input_proj.weight" in decayed
+    assert all(n.endswith(".weight") for n in decayed)
+    assert {
+        "output_proj.bias",
+        "output_norm.weight",
+        "condition_embedding.weight",
+        "spatial_position_embedding",
+    } <= not_decayed
+    assert "code_embeddings.weight" not in decayed | not_decayed
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decayed | not_decayed == trainable and not decayed & not_decayed
