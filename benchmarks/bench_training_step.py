@@ -28,7 +28,7 @@ state + batch (counted from the tensors) plus the highest allocation above that 
 step: read from the allocator events of ``torch.profiler`` (``profile_memory=True``) on CPU, and from
 ``torch.cuda.max_memory_allocated`` on GPU. It counts tensors, not the process RSS.
 
-    python benchmarks/bench_training_step.py               # CPU-scale sizes (about a minute on 2 cores)
+    python benchmarks/bench_training_step.py               # CPU-scale sizes (3-6 minutes on 2 cores)
     python benchmarks/bench_training_step.py --quick       # tiny sizes, seconds
 """
 
@@ -114,8 +114,9 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     for name, (quick, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-        if getattr(args, name) < (0 if name == "warmup" else 1):
-            raise ValueError(f"`--{name.replace('_', '-')}` must be positive, got {getattr(args, name)}")
+        minimum = 0 if name == "warmup" else 1
+        if getattr(args, name) < minimum:
+            raise ValueError(f"`--{name.replace('_', '-')}` must be at least {minimum}, got {getattr(args, name)}")
     return args
 
 
@@ -285,6 +286,7 @@ def run_row(stage: str, precision: str, args, device: torch.device) -> Dict[str,
             "images_per_second": args.batch_size / seconds,
             "first_loss": first_loss[loop],
             "parameters": sum(p.numel() for p in models[loop].parameters()),
+            "step_seconds": times[loop],  # every timed step, in order
         }
         if not args.no_memory:
             peak = step_peak_bytes(steps[loop], device)

@@ -10,7 +10,7 @@ checkout's ``src/`` first on ``PYTHONPATH``:
 Outputs in ``--output-dir`` (default ``docs/``): ``benchmarks.md``, ``benchmarks.json`` (every result and
 the machine), and ``bench_quantizer.png``, ``bench_sampling.png``, ``bench_training_step.png``.
 
-    python benchmarks/run_all.py                      # full sizes: run it on a quiet machine
+    python benchmarks/run_all.py                      # full sizes, quiet machine: 10-20 min on 2 CPU cores
     python benchmarks/run_all.py --quick --output-dir /tmp/bench   # tiny sizes: checks the plumbing
     python benchmarks/run_all.py --only training_step --training-step-args "--repeats 40"
 
