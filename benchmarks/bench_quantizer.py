@@ -12,6 +12,7 @@ Prints a markdown table of vectors/s (median of `--repeats` timed runs after `--
 """
 
 import argparse
+import json
 import statistics
 import time
 from typing import Callable, Dict, List
@@ -33,6 +34,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per distance block")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run vector-quantize-pytorch")
+    parser.add_argument("--markdown-out", "--markdown_out", default=None, help="also write the table here")
+    parser.add_argument("--json-out", "--json_out", default=None, help="write the results as JSON here")
     return parser.parse_args()
 
 
@@ -122,23 +125,35 @@ def main() -> None:
         seconds["ResidualVQ train"] = median_seconds(theirs_train, args.repeats, args.warmup, device)
 
     rate = {name: n / s for name, s in seconds.items()}
-    print(
+    header = (
         f"ResidualQuantizer benchmark: {n} vectors, dim {dim}, codebook_size {k}, depth {depth}, "
         f"device {device}, threads {torch.get_num_threads()}, "
         f"median of {args.repeats} runs after {args.warmup} warm-up"
     )
-    print()
-    print("| mode | ResidualQuantizer (vec/s) | ResidualVQ (vec/s) | ours / ResidualVQ | ours / ceiling |")
-    print("|---|---:|---:|---:|---:|")
+    lines = [
+        header,
+        "",
+        "| mode | ResidualQuantizer (vec/s) | ResidualVQ (vec/s) | ours / ResidualVQ | ours / ceiling |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for mode in ("eval", "train"):
         ours_rate = rate[f"ours {mode}"]
         theirs_rate = rate.get(f"ResidualVQ {mode}")
         theirs_text = f"{theirs_rate:,.0f}" if theirs_rate else "-"
         ratio_text = f"{ours_rate / theirs_rate:.2f}x" if theirs_rate else "-"
         of_ceiling = ours_rate / rate["ceiling"]
-        print(f"| {mode} | {ours_rate:,.0f} | {theirs_text} | {ratio_text} | {of_ceiling:.0%} |")
-    print(f"| ceiling ({depth} bare {n}x{dim} @ {dim}x{k} products) | {rate['ceiling']:,.0f} | | | 100% |")
-
+        lines.append(f"| {mode} | {ours_rate:,.0f} | {theirs_text} | {ratio_text} | {of_ceiling:.0%} |")
+    lines.append(f"| ceiling ({depth} bare {n}x{dim} @ {dim}x{k} products) | {rate['ceiling']:,.0f} | | | 100% |")
+    print("\n".join(lines))
+    if args.markdown_out:
+        with open(args.markdown_out, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+    if args.json_out:
+        settings = {key: value for key, value in vars(args).items() if key not in ("markdown_out", "json_out")}
+        settings.update(threads=torch.get_num_threads(), device=str(device))
+        result = {"benchmark": "quantizer", "header": header, "settings": settings, "vectors_per_second": rate}
+        with open(args.json_out, "w") as handle:
+            json.dump(result, handle, indent=2)
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ Each row is the best of `--repeats` timed runs of `generate_codes` (batch 8, top
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from contextlib import nullcontext
 
@@ -82,6 +83,8 @@ def main() -> None:
         "--threads", type=int, default=1,
         help="CPU threads (1: batch-8 steps are too small to gain from more; shared CPUs make them spin)",
     )
+    parser.add_argument("--markdown-out", "--markdown_out", default=None, help="also write the table here")
+    parser.add_argument("--json-out", "--json_out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -117,31 +120,45 @@ def main() -> None:
             ("flat 16x16x1, cache, compiled blocks", flat, dict()),
         ]
 
-    print(
+    header = (
         f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"batch {args.batch_size}, top_k {args.top_k}, best of {args.repeats}, K {vocab}, hidden {hidden}"
     )
+    print(header)
     results = {}
     for name, model, kwargs in rows:
         results[name] = best_time(model, args, **kwargs)
         print(f"  {name}: {results[name]:.3f} s", flush=True)
 
-    print(
-        f"\n| {'model':38} | {'params':>7} | {'s / batch':>9} | {'images/s':>8} | {'speed-up vs flat':>16} |"
-    )
-    print(f"|{'-' * 40}|{'-' * 9}|{'-' * 11}|{'-' * 10}|{'-' * 18}|")
+    lines = [
+        f"| {'model':38} | {'params':>7} | {'s / batch':>9} | {'images/s':>8} | {'speed-up vs flat':>16} |",
+        f"|{'-' * 40}|{'-' * 9}|{'-' * 11}|{'-' * 10}|{'-' * 18}|",
+    ]
+    table = []
     for name, model, kwargs in rows:
         seconds = results[name]
         # Compare with the flat model in the same setting (the cached fp32 flat model for the uncached row).
         flat_name = "flat 16x16x1, cache" + ("" if "no cache" in name else name.split(", cache")[-1])
-        ratio = (
-            f"{results[flat_name] / seconds:.2f}x" if name.startswith("RQ") and flat_name in results else ""
-        )
+        speedup = results[flat_name] / seconds if name.startswith("RQ") and flat_name in results else None
+        ratio = f"{speedup:.2f}x" if speedup is not None else ""
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(
+        lines.append(
             f"| {name:38} | {params:6.1f}M | {seconds:9.3f} | "
             f"{args.batch_size / seconds:8.2f} | {ratio:>16} |"
         )
+        table.append(dict(model=name, parameters_millions=params, seconds_per_batch=seconds,
+                          images_per_second=args.batch_size / seconds, speedup_vs_flat=speedup))
+    print()
+    print("\n".join(lines))
+    if args.markdown_out:
+        with open(args.markdown_out, "w") as handle:
+            handle.write("\n".join([header, ""] + lines) + "\n")
+    if args.json_out:
+        settings = {key: value for key, value in vars(args).items() if key not in ("markdown_out", "json_out")}
+        settings.update(torch=torch.__version__, threads=torch.get_num_threads(), vocab_size=vocab, hidden=hidden)
+        with open(args.json_out, "w") as handle:
+            json.dump({"benchmark": "sampling", "header": header, "settings": settings, "rows": table}, handle,
+                      indent=2)
 
 
 if __name__ == "__main__":

@@ -5,30 +5,12 @@ from unittest import mock
 
 import pytest
 import torch
-
-from rq_hf import RQTransformerConfig, RQTransformerForCausalImageModeling, RQVAEModel
-
-
-def tiny_vae():
-    return RQVAEModel(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        layers_per_block=1,
-        latent_channels=8,
-        norm_num_groups=4,
-        sample_size=8,
-        codebook_size=16,
-        code_depth=2,
-    )
+from tiny_models import tiny_transformer as make_transformer
+from tiny_models import tiny_vae
 
 
 def tiny_transformer():
-    config = RQTransformerConfig(
-        vocab_size=16, code_shape=[4, 4, 2], hidden_size=16, num_spatial_layers=1, num_depth_layers=1,
-        num_attention_heads=2, num_classes=2, id2label={0: "cat", 1: "dog"},
-    )
-    return RQTransformerForCausalImageModeling(config)
+    return make_transformer(num_classes=2, vocab_size=16, id2label={0: "cat", 1: "dog"})
 
 
 class FakeApi:

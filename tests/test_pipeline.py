@@ -9,46 +9,11 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from tiny_models import tiny_transformer, tiny_vae  # noqa: E402
 
-from rq_hf import RQTransformerConfig, RQTransformerForCausalImageModeling, RQTransformerPipeline, RQVAEModel
+from rq_hf import RQTransformerPipeline, RQVAEModel
 
 NAMES = {0: "T-shirt/top", 1: "Trouser", 2: "Sneaker, trainer"}
-
-
-def tiny_vae(codebook_size=32, code_depth=2, sample_size=8, in_channels=3):
-    torch.manual_seed(0)
-    return RQVAEModel(
-        in_channels=in_channels,
-        out_channels=in_channels,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=8,
-        norm_num_groups=4,
-        sample_size=sample_size,
-        codebook_size=codebook_size,
-        code_depth=code_depth,
-    ).eval()
-
-
-def tiny_transformer(num_classes=3, code_shape=(4, 4, 2), vocab_size=32):
-    torch.manual_seed(1)
-    config = RQTransformerConfig(
-        vocab_size=vocab_size,
-        code_shape=list(code_shape),
-        hidden_size=16,
-        num_spatial_layers=1,
-        num_depth_layers=1,
-        num_attention_heads=2,
-        num_classes=num_classes,
-        resid_dropout=0.0,
-    )
-    model = RQTransformerForCausalImageModeling(config).eval()
-    with torch.no_grad():  # make classes matter in an untrained model
-        if num_classes is not None:
-            model.condition_embedding.weight.normal_(0, 1)
-    return model
 
 
 @pytest.fixture(scope="module")
