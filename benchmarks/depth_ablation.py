@@ -26,13 +26,16 @@ codebook usage/perplexity per depth, rFID with the TF-Inception network at ``--f
 and the real-vs-real FID at the same N beside it (``--no_inception`` skips it). Writes ``results.json``,
 ``table.md`` and ``depth_ablation.png`` into ``--output_dir`` (default docs/ablation/), and prints the table.
 
-Time (defaults: 2 datasets x 5 models x 300 steps at batch 64, 0.71M-parameter models, bf16 autocast,
-rFID on 200 images): on a quiet 2-core CPU a step of the 8x8 models takes about 0.2 s (HF_NOTES.md: 0.2 s at
-batch 64 for this 0.7M model; D = 8 adds a little), the 16x16x1 model roughly 1.5-2x that, so training is
-about 2 x (4 x 60 s + 110 s) = 12 min; Inception features of 2 x (400 real + 5 x 200 reconstructions)
-images add 2-3 min: about 15 minutes in all. (A few steps measured here while other jobs shared the 2 cores
-took 1.1-4.5 s each: run it on a quiet machine.) ``results.json`` records the measured seconds per step and
-per model. ``--quick`` (tiny models, 2 steps, 16 test images) runs in seconds and serves the test.
+Time (defaults: 2 datasets x 5 models x 300 steps at batch 64, 0.68M-parameter models, bf16 autocast,
+rFID on 100 images). Measured here with other jobs on the same 2 cores (so upper bounds): 0.33 s per step for
+8x8x8 and 0.62 s for 16x16x1 (its 64-channel level runs at 16x16: about 1.8x the FLOPs of the 8x8 models);
+HF_NOTES.md reports 0.2 s at batch 64 for a 0.7M RQ-VAE on a quiet machine. Training: 2 x (4 x 300 x
+0.2-0.3 s + 300 x 0.4-0.6 s) = 10-16 min. The TF-Inception network is the other cost: 2 x (200 real + 5 x 100
+reconstructions) = 1400 images at about 12 images/s (measured: 8 images in 0.65 s) = 2 min, plus about 4 s
+per model for the two 2048-d Frechet distances. Estimate: about 15 minutes in all (12 on a quiet machine);
+each +100 on --fid_num_images adds about 2 min. Under heavy contention single steps took up to 4.5 s and
+Inception ran 10x slower: run it in a quiet window. ``results.json`` records the measured seconds per step,
+per model and in total. ``--quick`` (tiny models, 2 steps, 16 test images) runs in seconds and serves the test.
 
     python benchmarks/depth_ablation.py                       # ~15 min, writes docs/ablation/
     python benchmarks/depth_ablation.py --quick --no_inception --output_dir /tmp/ablation
@@ -74,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_images", type=int, default=20000, help="Fashion-MNIST training images used.")
     parser.add_argument("--num_test_images", type=int, default=1000, help="Test images (photos: test crops).")
     parser.add_argument("--photo_scale", type=float, default=0.5, help="Downscale factor of the photos.")
-    parser.add_argument("--fid_num_images", type=int, default=200, help="N of rFID (real-vs-real uses 2N).")
+    parser.add_argument("--fid_num_images", type=int, default=100, help="N of rFID (real-vs-real uses 2N).")
     parser.add_argument("--no_inception", action="store_true", help="Skip rFID.")
     parser.add_argument("--mixed_precision", choices=("bf16", "no"), default="bf16")
     parser.add_argument("--seed", type=int, default=0)
