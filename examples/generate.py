@@ -3,8 +3,8 @@
 
 Examples::
 
-    python examples/generate.py --model quickstart/pipeline --class_labels Sneaker Trouser 3 --num_per_class 4
-    python examples/generate.py --model rq-ffhq --num_images 8 --top_k 2048 --seed 1   # unconditional
+    python examples/generate.py --model_path quickstart/pipeline --class_labels Sneaker Trouser 3 --num_per_class 4
+    python examples/generate.py --model_path rq-ffhq --num_images 8 --top_k 2048 --seed 1   # unconditional
 
 Each image is written as ``<output_dir>/<index>_<class>.png`` and all of them as one grid
 ``<output_dir>/grid.png`` (one row per class for class-conditional models); the paths are printed.
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate images with an RQ-Transformer pipeline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="Pipeline folder (save_pretrained) or Hub id.")
+    parser.add_argument("--model_path", required=True, help="Pipeline folder (save_pretrained) or Hub id.")
     parser.add_argument("--class_labels", nargs="*", default=None,
                         help="Class ids or names (see the model card); omit for unconditional models, or give "
                         "`all` for every class.")
@@ -68,15 +68,15 @@ def main(argv=None) -> list[str]:
     from rq_hf import RQTransformerPipeline
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = RQTransformerPipeline.from_pretrained(args.model).to(device)
+    pipe = RQTransformerPipeline.from_pretrained(args.model_path).to(device)
     if pipe.transformer.config.num_classes is None:
         if args.class_labels:
-            raise SystemExit(f"--class_labels: {args.model} is unconditional; use --num_images instead.")
+            raise SystemExit(f"--class_labels: {args.model_path} is unconditional; use --num_images instead.")
         labels, num_columns = None, args.num_images
         count = args.num_images
     else:
         if not args.class_labels:
-            raise SystemExit(f"--class_labels: {args.model} is class-conditional; known classes: "
+            raise SystemExit(f"--class_labels: {args.model_path} is class-conditional; known classes: "
                              f"{pipe.id2label}")
         requested = list(pipe.id2label) if args.class_labels == ["all"] else args.class_labels
         labels = [int(v) if str(v).isdigit() else v for v in requested for _ in range(args.num_per_class)]

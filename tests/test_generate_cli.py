@@ -22,14 +22,14 @@ def test_class_conditional_names_and_ids(tmp_path, generate_main):
     pipe = RQTransformerPipeline(vqvae=tiny_vae(), transformer=tiny_transformer(), id2label=names)
     pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "out"
-    paths = generate_main(["--model", str(tmp_path / "pipe"), "--class_labels", "dog", "2", "--num_per_class", "3",
+    paths = generate_main(["--model_path", str(tmp_path / "pipe"), "--class_labels", "dog", "2", "--num_per_class", "3",
                            "--top_k", "8,4", "--guidance_scale", "2", "--output_dir", str(out)])
     assert len(paths) == 7 and paths[-1].endswith("grid.png")
     assert os.path.basename(paths[0]) == "000_dog.png" and os.path.basename(paths[5]) == "005_2.png"
     grid = PIL.Image.open(paths[-1])
     assert grid.size == (3 * 8, 2 * 8)
     # image i uses seed + i whatever else is in the batch
-    again = generate_main(["--model", str(tmp_path / "pipe"), "--class_labels", "dog", "--top_k", "8,4",
+    again = generate_main(["--model_path", str(tmp_path / "pipe"), "--class_labels", "dog", "--top_k", "8,4",
                            "--guidance_scale", "2", "--output_dir", str(tmp_path / "b")])
     assert PIL.Image.open(again[0]).tobytes() == PIL.Image.open(paths[0]).tobytes()
 
@@ -37,7 +37,8 @@ def test_class_conditional_names_and_ids(tmp_path, generate_main):
 def test_unconditional_and_errors(tmp_path, generate_main):
     pipe = RQTransformerPipeline(vqvae=tiny_vae(), transformer=tiny_transformer(num_classes=None))
     pipe.save_pretrained(tmp_path / "u")
-    paths = generate_main(["--model", str(tmp_path / "u"), "--num_images", "2", "--output_dir", str(tmp_path / "o")])
+    out = str(tmp_path / "o")
+    paths = generate_main(["--model_path", str(tmp_path / "u"), "--num_images", "2", "--output_dir", out])
     assert len(paths) == 3 and PIL.Image.open(paths[-1]).size == (16, 8)
     with pytest.raises(SystemExit, match="class_labels"):
-        generate_main(["--model", str(tmp_path / "u"), "--class_labels", "1", "--output_dir", str(tmp_path / "o")])
+        generate_main(["--model_path", str(tmp_path / "u"), "--class_labels", "1", "--output_dir", out])
