@@ -17,7 +17,8 @@ state for every model): ``block_out_channels`` 16/32/64 (down factor 4: 32x32 ->
 and an 8x8 -> 16x16 comparison model with one fewer down-sampling level (channels 16/64, down factor 2:
 16x16x1 codes, about the same number of parameters; the table lists them). Training is a compact loop over
 ``RQVAEModel.forward``: MSE + the quantizer's commitment loss (beta 0.25), EMA codebooks with dead-code
-restarts, AdamW, fp32 by default (bf16 autocast measured slower on this project's CPU; ``--mixed_precision``). No perceptual or GAN loss: the ablation isolates the quantizer, so
+restarts, AdamW, fp32 by default (bf16 autocast measured slower on this project's CPU;
+``--mixed_precision``). No perceptual or GAN loss: the ablation isolates the quantizer, so
 rFIDs are those of plain MSE autoencoders (blurrier than the paper's) and are not comparable in absolute value;
 the trend against D is the point.
 
