@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         MetricsLog,
         TrainingProgress,
         compute_schedule,
+        count_skipped_images,
         debug_hooks_after_step,
         dump_debug_state,
         guard_finite,
@@ -331,16 +332,9 @@ def main(argv: list[str] | None = None) -> None:
     # ------------------------------------------------------------------ loop
     if progress.global_step < schedule.max_train_steps:
         for _, batch in iterate_epochs(train_dataloader, progress, schedule):
-            pixel_values = batch["pixel_values"]
-            flags = torch.tensor([float(batch["num_skipped"]), float(pixel_values is None)], device=device)
-            if accelerator.num_processes > 1:
-                flags = accelerator.reduce(flags, reduction="sum")
-            if flags[0] > 0:
-                progress.num_skipped_images += int(flags[0])
-                logger.warning("Skipped %d undecodable image(s) in this batch (%d so far)", int(flags[0]),
-                               progress.num_skipped_images)
-            if flags[1] > 0:  # some process has no image left in its batch: every process skips it
+            if count_skipped_images(accelerator, batch, progress):  # every process skips this batch together
                 continue
+            pixel_values = batch["pixel_values"]
             step = progress.global_step + 1
             with accelerator.accumulate(*trained_models):
                 # The WRAPPED model (DDP needs it); this also updates the EMA codebooks. A tuple, because
