@@ -67,15 +67,6 @@ def load_example(name: str):
     return module
 
 
-def reset_accelerate_state() -> None:
-    """Both trainings run in this process, each with its own ``Accelerator``: reset accelerate's singletons."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 def rqvae_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
     """Flags of ``train_rqvae.py`` for the quickstart RQ-VAE (its default model is the quickstart one)."""
     steps = 2 if args.quick else args.rqvae_steps
@@ -223,6 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}")
     if args.num_test_images is not None and args.num_test_images < 1:
         raise ValueError(f"`--num_test_images` must be >= 1, got {args.num_test_images}")
+    from rq_hf.training.script_utils import reset_accelerate_state
+
     os.makedirs(args.output_dir, exist_ok=True)
     vqvae_dir = os.path.join(args.output_dir, "rqvae")
     pipeline_dir = os.path.join(args.output_dir, "pipeline")

@@ -16,6 +16,9 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_helpers import flags_to_argv, read_metrics
+
+from rq_hf.training.script_utils import reset_accelerate_state
 
 pytest.importorskip("rq_hf.pipelines.pipeline_rq_transformer")
 
@@ -96,19 +99,10 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def reset_accelerate():
-    """Each in-process run builds its own Accelerator: reset accelerate's process-wide singletons."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     yield
-    reset_accelerate()
+    reset_accelerate_state()
 
 
 def base_args(data_dir, output_dir, steps=12, **overrides):
@@ -133,17 +127,7 @@ def base_args(data_dir, output_dir, steps=12, **overrides):
         "--seed": "0",
     }
     args.update(overrides)
-    out = []
-    for key, value in args.items():
-        if value is None:
-            continue
-        out += [key] if value is True else [key, value]
-    return out
-
-
-def read_metrics(output_dir):
-    with open(os.path.join(output_dir, "logs", "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return flags_to_argv(args)
 
 
 def losses(output_dir):
@@ -159,7 +143,7 @@ def image_run(data_dir):
     """Class-conditional, images encoded on the fly, EMA on: 12 steps, checkpoints at 6 and 12."""
     out = data_dir / "image_run"
     train.main(base_args(data_dir, out, **{"--use_ema": True, "--ema_decay": "0.5"}))
-    reset_accelerate()
+    reset_accelerate_state()
     return out
 
 
@@ -248,7 +232,7 @@ def test_fine_tune_a_trained_transformer_and_push(data_dir, image_run, tmp_path,
     assert 0 < change < 0.01  # started from the trained weights (a new model would differ by ~0.02 anyway)
     assert pushed["repo_id"] == "someone/rq-transformer-test" and pushed["id2label"] == {0: "left", 1: "right"}
     assert "validation NLL (bits per code)" in pushed["metrics"]
-    reset_accelerate()
+    reset_accelerate_state()
     with pytest.raises(ValueError, match="trained model.*--hidden_size"):
         train.main(base_args(data_dir, tmp_path / "x", **{**overrides, "--hidden_size": "64", "--push_to_hub": None}))
 
@@ -269,7 +253,7 @@ def test_soft_labels_from_codes_need_latents(data_dir, tmp_path):
     codes = {"--dataset_name": None, "--resolution": None, "--soft_labels": True}
     with pytest.raises(ValueError, match="--soft_labels.*latents"):
         train.main(base_args(data_dir, tmp_path / "a", **codes, **{"--codes_dataset": str(data_dir / "codes")}))
-    reset_accelerate()
+    reset_accelerate_state()
     out = tmp_path / "b"
     train.main(base_args(data_dir, out, steps=2, **codes, **{"--codes_dataset": str(data_dir / "codes_latents")}))
     assert sorted(losses(out)) == [1, 2]
@@ -299,12 +283,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, image_run, tmp
 def test_clear_errors(data_dir, tmp_path):
     with pytest.raises(ValueError, match="--class_label_column.*'species'.*available columns"):
         train.main(base_args(data_dir, tmp_path / "a", **{"--class_label_column": "species"}))
-    reset_accelerate()
+    reset_accelerate_state()
     bad_config = tmp_path / "config.json"
     bad_config.write_text(json.dumps({"vocab_size": 64, "hidden_size": 32, "num_attention_heads": 2}))
     with pytest.raises(ValueError, match="vocab_size=64.*vocab_size=32"):
         train.main(base_args(data_dir, tmp_path / "b", **{"--model_config_name_or_path": str(bad_config)}))
-    reset_accelerate()
+    reset_accelerate_state()
     with pytest.raises(ValueError, match="--codes_dataset"):
         train.parse_args(base_args(data_dir, tmp_path / "c", **{"--codes_dataset": str(data_dir / "codes")}))
     with pytest.raises(ValueError, match="--class_dropout_prob"):

@@ -12,6 +12,7 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_helpers import flags_to_argv, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_rqvae.py")
@@ -104,17 +105,7 @@ def base_args(data_dir, output_dir, steps=8, **overrides):
         "--seed": "0",
     }
     args.update(overrides)
-    out = []
-    for key, value in args.items():
-        if value is None:
-            continue
-        out += [key] if value is True else [key, value]
-    return out
-
-
-def read_metrics(output_dir):
-    with open(os.path.join(output_dir, "logs", "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    return flags_to_argv(args)
 
 
 def step_losses(output_dir, key="rec_loss"):

@@ -338,6 +338,18 @@ def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[s
     return available
 
 
+def reset_accelerate_state() -> None:
+    """Reset accelerate's process-wide singletons so that another ``Accelerator`` can be built in this process.
+
+    Needed when several trainings run one after the other in one process (the quickstart, the tests).
+    """
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
 def make_accelerator(args: argparse.Namespace):
     """Build the ``Accelerator`` (project folders, mixed precision, trackers, gradient accumulation) and seed.
 
