@@ -10,8 +10,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from script_helpers import flags_to_argv, read_metrics
-from test_train_rq_transformer import TINY_VAE, make_images
+from script_helpers import read_metrics
+from test_train_rq_transformer import TINY_VAE, base_args, make_images
 
 from rq_hf.training.script_utils import reset_accelerate_state
 
@@ -57,31 +57,17 @@ def fresh_accelerate_state():
 
 
 def text_args(data_dir, output_dir, **overrides):
-    args = {
-        "--vqvae_model_name_or_path": str(data_dir / "vae"),
+    """The class-conditional tests' flags, on the captioned image folder with --caption_column."""
+    text = {
+        "--dataset_name": None,
+        "--class_label_column": None,
         "--train_data_dir": str(data_dir / "images"),
         "--caption_column": "text",
-        "--resolution": "16",
-        "--hidden_size": "32",
-        "--num_attention_heads": "2",
-        "--num_spatial_layers": "1",
         "--max_text_length": "8",
         "--text_vocab_size": "64",
         "--caption_dropout_prob": "0.2",
-        "--train_batch_size": "8",
-        "--max_train_steps": "12",
-        "--learning_rate": "3e-3",
-        "--lr_warmup_steps": "2",
-        "--checkpointing_steps": "6",
-        "--validation_steps": "6",
-        "--validation_fraction": "0.25",
-        "--num_validation_images": "2",
-        "--report_to": "none",
-        "--output_dir": str(output_dir),
-        "--seed": "0",
     }
-    args.update(overrides)
-    return flags_to_argv(args)
+    return base_args(data_dir, output_dir, **{**text, **overrides})
 
 
 @pytest.fixture(scope="module")
