@@ -98,8 +98,7 @@ def build_model_card(
         call_args = (
             f"prompt=[{json.dumps(example_prompt)}], guidance_scale=3.0, "
             if kind == "pipeline"
-            else "text_ids=tokenizer([CAPTION], padding='max_length', max_length=MAX_TEXT_LENGTH, "
-            "truncation=True, return_tensors='pt').input_ids, "
+            else "text_ids=text_ids, "  # caption token ids (batch, max_text_length), see the notes
         )
     elif class_names:
         call_args = f"class_labels=[{json.dumps(class_names[0])}], " if kind == "pipeline" else "class_labels=[0], "

@@ -269,6 +269,8 @@ class RQTransformerPreTrainedModel(RQHubMixin, PreTrainedModel):
                 if self.config.caption_dropout_prob > 0
                 else "; this model was trained without caption dropout, so guidance is only an approximation."
             )
+            + " `text_ids` are the caption token ids, long (batch, max_text_length), of the pipeline's tokenizer "
+            "(`RQTransformerPipeline.tokenize_prompt`)."
         )
         return {"example_prompt": "a photo of a cat", "notes": notes}
 
