@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 3.0])
     parser.add_argument("--grid_columns", type=int, default=8, help="Samples per row of the grids.")
     parser.add_argument("--quick", action="store_true", help="Smoke mode: a few steps on a few images (seconds).")
+    parser.add_argument("--evaluate_only", action="store_true",
+                        help="Skip data and training: measure the pipeline already in output_dir/pipeline.")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -239,27 +241,16 @@ def sample(pipe, prompts: list[str], per_prompt: int, guidance_scale: float, see
     return np.concatenate(chunks)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the demonstration; returns the metrics (also written to ``output_dir/metrics.json``)."""
-    args = build_parser().parse_args(argv)
-    for name in ("num_train_images", "rqvae_steps", "transformer_steps", "images_per_prompt", "grid_columns"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}")
-    import torch
-
+def train(args, paths: dict[str, str]) -> dict[str, float]:
+    """Draw the data, train both stages; returns the wall-clock minutes of each part."""
     from rq_hf.training.script_utils import reset_accelerate_state
 
-    save_grid = example("quickstart")["save_grid"]
-    out = args.output_dir
-    paths = {name: os.path.join(out, name) for name in ("data", "rqvae", "codes", "pipeline")}
-    os.makedirs(out, exist_ok=True)
     timings = {}
-
     dataset, _ = make_dataset(128 if args.quick else args.num_train_images, seed=args.seed)
     dataset.save_to_disk(paths["data"])
     train_rqvae = example("train_rqvae")
     config = {**train_rqvae["TINY_CONFIG"], "in_channels": 3, "out_channels": 3}
-    config_path = os.path.join(out, "rqvae_config.json")
+    config_path = os.path.join(args.output_dir, "rqvae_config.json")
     with open(config_path, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
 
@@ -275,6 +266,25 @@ def main(argv: list[str] | None = None) -> dict:
     example("train_rq_transformer")["main"](transformer_argv(args, paths["rqvae"], paths["codes"], paths["pipeline"]))
     reset_accelerate_state()
     timings["transformer_minutes"] = (time.perf_counter() - start) / 60
+    return timings
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the demonstration; returns the metrics (also written to ``output_dir/metrics.json``)."""
+    args = build_parser().parse_args(argv)
+    for name in ("num_train_images", "rqvae_steps", "transformer_steps", "images_per_prompt", "grid_columns"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}")
+    import torch
+
+    save_grid = example("quickstart")["save_grid"]
+    out = args.output_dir
+    paths = {name: os.path.join(out, name) for name in ("data", "rqvae", "codes", "pipeline")}
+    os.makedirs(out, exist_ok=True)
+    timings = {}
+
+    if not args.evaluate_only:
+        timings.update(train(args, paths))
 
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
 
@@ -318,18 +328,19 @@ def main(argv: list[str] | None = None) -> dict:
         "held_out_combinations": [list(t) for t in HELD_OUT],
         "grid_prompts": list(GRID_PROMPTS),
         "timings": timings,
-        "steps": {"rqvae": 2 if args.quick else args.rqvae_steps,
-                  "transformer": 2 if args.quick else args.transformer_steps},
+        "steps": None if args.evaluate_only else {"rqvae": 2 if args.quick else args.rqvae_steps,
+                                                  "transformer": 2 if args.quick else args.transformer_steps},
     }
     with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
-    print(f"\nPipeline (with its tokenizer) saved to {paths['pipeline']}")
+    print(f"\nPipeline (with its tokenizer): {paths['pipeline']}")
     print("| images | colour | shape | quadrant | all three |")
     print("| --- | --- | --- | --- | --- |")
     for name, values in metrics.items():
         print(f"| {name} | " + " | ".join(f"{100 * values[k]:.1f}%" for k in ATTRIBUTES + ("all",)) + " |")
-    print(f"Training time: RQ-VAE {timings['rqvae_minutes']:.1f} min, "
-          f"transformer {timings['transformer_minutes']:.1f} min")
+    if not args.evaluate_only:
+        print(f"Training time: RQ-VAE {timings['rqvae_minutes']:.1f} min, "
+              f"transformer {timings['transformer_minutes']:.1f} min")
     return result
 
 
