@@ -122,7 +122,7 @@ def test_codes_dataset_with_captions_and_a_given_tokenizer(data_dir, text_run, t
     out = tmp_path / "run"
     argv = text_args(data_dir, out, **{"--train_data_dir": None, "--codes_dataset": str(codes_dir),
                                        "--tokenizer_name_or_path": str(text_run), "--max_train_steps": "4",
-                                       "--text_vocab_size": None})
+                                       "--text_vocab_size": None, "--mixed_precision": "bf16"})
     train.main(argv)
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
 
