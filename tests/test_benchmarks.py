@@ -33,7 +33,8 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert "python benchmarks/run_all.py --quick" in markdown
     assert "## Machine" in markdown and "| torch |" in markdown and "| cpu |" in markdown
-    for title in ("Residual quantizer throughput", "Sampling speed", "Training step: accelerate"):
+    for title in ("Residual quantizer throughput", "Sampling speed", "Training step: accelerate",
+                  "Training memory per GPU"):
         assert f"## {title}" in markdown
     assert "Failed" not in markdown
     # the three tables, each with a header separator and its rows
@@ -42,10 +43,12 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     for stage in ("rqvae", "transformer"):
         for precision in ("fp32", "bf16"):
             assert f"| {stage} | {precision} |" in markdown
-    assert markdown.count("|---") >= 4  # machine + three benchmark tables
+    for strategy in ("DDP", "FSDP", "ZeRO-3"):
+        assert f"| tiny | 0.04M | 4 | {strategy} |" in markdown
+    assert markdown.count("|---") >= 5  # machine + four benchmark tables
 
     summary = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert set(summary["results"]) == {"quantizer", "sampling", "training_step"}
+    assert set(summary["results"]) == {"quantizer", "sampling", "training_step", "memory"}
     rows = summary["results"]["training_step"]["json"]["rows"]
     for row in rows:
         # same weights, batch and random draws: both loops compute the same first loss (fp32 and bf16 autocast)
@@ -55,7 +58,7 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     if importlib.util.find_spec("matplotlib") is None:
         assert "No plots" in markdown
     else:
-        for name in ("quantizer", "sampling", "training_step"):
+        for name in ("quantizer", "sampling", "training_step", "memory"):
             png = tmp_path / f"bench_{name}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert f"](bench_{name}.png)" in markdown
