@@ -39,6 +39,7 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     assert "Failed" not in markdown
     # the three tables, each with a header separator and its rows
     assert "| eval |" in markdown and "| train |" in markdown and "| ceiling (" in markdown
+    assert "Eval codes against an exact search (float64 distances, argmin): identical." in markdown
     assert "| RQ 8x8x4, cache " in markdown and "| flat 16x16x1, cache " in markdown
     for stage in ("rqvae", "transformer"):
         for precision in ("fp32", "bf16"):
