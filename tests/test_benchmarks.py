@@ -26,7 +26,7 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--output-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
 
@@ -34,7 +34,7 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     assert "python benchmarks/run_all.py --quick" in markdown
     assert "## Machine" in markdown and "| torch |" in markdown and "| cpu |" in markdown
     for title in ("Residual quantizer throughput", "Sampling speed", "Training step: accelerate",
-                  "Training memory per GPU"):
+                  "Training memory per GPU", "Loading a large pipeline"):
         assert f"## {title}" in markdown
     assert "Failed" not in markdown
     # the three tables, each with a header separator and its rows
@@ -46,10 +46,13 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
             assert f"| {stage} | {precision} |" in markdown
     for strategy in ("DDP", "FSDP", "ZeRO-3"):
         assert f"| tiny | 0.04M | 4 | {strategy} |" in markdown
-    assert markdown.count("|---") >= 5  # machine + four benchmark tables
+    assert "| output head |" in markdown and "| spatial layer passes per image | 256 | 1024 | 4.00x |" in markdown
+    for route in ("naive", "from_pretrained", "torch_dtype=bf16", "device_map (blocks on disk)"):
+        assert f"| {route} |" in markdown
+    assert markdown.count("|---") >= 7  # machine + five benchmark tables + the sampling breakdown
 
     summary = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert set(summary["results"]) == {"quantizer", "sampling", "training_step", "memory"}
+    assert set(summary["results"]) == {"quantizer", "sampling", "training_step", "memory", "loading"}
     rows = summary["results"]["training_step"]["json"]["rows"]
     for row in rows:
         # same weights, batch and random draws: both loops compute the same first loss (fp32 and bf16 autocast)

@@ -1,0 +1,166 @@
+"""Peak memory of loading (and, on a GPU, sampling with) a large RQ-Transformer pipeline, by loading route.
+
+Saves one fp32 pipeline (a tiny RQ-VAE and a transformer of `--hidden` width and `--layers` spatial + depth
+layers, random weights), then loads it in a fresh process per route and reports the peak resident memory
+above the process's memory before loading (`ru_maxrss`), against the size of the fp32 weights:
+
+* `naive`: build the model (random init), `load_state_dict` from the file, then `.to(bfloat16)`: what a
+  hand-written loader costs;
+* `from_pretrained`: `RQTransformerPipeline.from_pretrained(folder)` (empty modules filled from the file,
+  `low_cpu_mem_usage=True`);
+* `torch_dtype=bf16`: the same, loaded straight into bf16 (the quantizer stays fp32);
+* `device_map (blocks on disk)`: the transformer from `from_pretrained(..., device_map=..., offload_folder=...)`
+  with its two stacks on disk (accelerate's hooks load a stack while it runs).
+
+On a GPU (`--device cuda`) three more routes sample `--batch-size` images and report the peak GPU memory:
+the whole pipeline on the GPU, `enable_model_cpu_offload()`, and a `device_map="auto"` transformer limited to
+`--gpu-budget-gib` of GPU memory.
+
+    python benchmarks/bench_loading.py                    # ~300M parameters (1.2 GB fp32), CPU: a minute
+    python benchmarks/bench_loading.py --quick            # tiny
+    python benchmarks/bench_loading.py --device cuda --hidden 1536 --layers 42 6    # the 1.4B shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Dict, List
+
+LOADER = r"""
+import json, os, resource, sys
+import torch
+from rq_hf import RQTransformerForCausalImageModeling, RQTransformerPipeline, RQVAEModel
+
+route, folder, device, batch_size, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+
+def rss_bytes():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+before = rss_bytes()
+transformer_folder = os.path.join(folder, "transformer")
+if route == "naive":
+    import safetensors.torch
+    config = RQTransformerForCausalImageModeling.config_class.from_pretrained(transformer_folder)
+    model = RQTransformerForCausalImageModeling(config)
+    model.load_state_dict(safetensors.torch.load_file(os.path.join(transformer_folder, "model.safetensors")))
+    model = model.to(torch.bfloat16)
+    pipe = RQTransformerPipeline(vqvae=RQVAEModel.from_pretrained(os.path.join(folder, "vqvae")), transformer=model)
+elif route == "from_pretrained":
+    pipe = RQTransformerPipeline.from_pretrained(folder)
+elif route == "torch_dtype=bf16":
+    pipe = RQTransformerPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+elif route == "device_map (blocks on disk)":
+    model = RQTransformerForCausalImageModeling.from_pretrained(transformer_folder)
+    device_map = {name: "cpu" for name, _ in model.named_children()}
+    device_map.update({name: "cpu" for name, _ in model.named_parameters(recurse=False)})
+    device_map.update(spatial_transformer="disk", depth_transformer="disk")
+    del model
+    before = rss_bytes()
+    model = RQTransformerForCausalImageModeling.from_pretrained(
+        transformer_folder, device_map=device_map, offload_folder=os.path.join(folder, "offload"))
+    pipe = RQTransformerPipeline.from_pretrained(folder, transformer=model)
+elif route == "gpu: whole pipeline":
+    pipe = RQTransformerPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16).to(device)
+elif route == "gpu: enable_model_cpu_offload":
+    pipe = RQTransformerPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
+    pipe.enable_model_cpu_offload(device=device)
+elif route == "gpu: device_map=auto":
+    model = RQTransformerForCausalImageModeling.from_pretrained(
+        transformer_folder, dtype=torch.bfloat16, device_map="auto",
+        max_memory={0: f"{budget}GiB", "cpu": "200GiB"})
+    pipe = RQTransformerPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16, transformer=model)
+    pipe.vqvae.to(device)
+else:
+    raise ValueError(f"unknown route {route!r}")
+result = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}
+if route.startswith("gpu"):
+    torch.cuda.reset_peak_memory_stats()
+    labels = [i % pipe.transformer.config.num_classes for i in range(batch_size)]
+    pipe.set_progress_bar_config(disable=True)
+    pipe(class_labels=labels, top_k=64, generator=torch.Generator().manual_seed(0), output_type="np")
+    torch.cuda.synchronize()
+    result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
+print("RESULT " + json.dumps(result))
+"""
+
+CPU_ROUTES = ["naive", "from_pretrained", "torch_dtype=bf16", "device_map (blocks on disk)"]
+GPU_ROUTES = ["gpu: whole pipeline", "gpu: enable_model_cpu_offload", "gpu: device_map=auto"]
+
+
+def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, nargs=2, default=[20, 4], metavar=("SPATIAL", "DEPTH"))
+    parser.add_argument("--quick", action="store_true", help="a tiny transformer (hidden 64, 2 + 1 layers)")
+    parser.add_argument("--device", default="cpu", help="cuda: also the GPU routes")
+    parser.add_argument("--batch-size", type=int, default=4, help="images sampled by the GPU routes")
+    parser.add_argument("--gpu-budget-gib", type=float, default=1.0, help="GPU memory of the device_map route")
+    parser.add_argument("--markdown-out", "--markdown_out", default=None, help="also write the table here")
+    parser.add_argument("--json-out", "--json_out", default=None, help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def save_pipeline(folder: str, hidden: int, layers: List[int]) -> int:
+    """Save an fp32 pipeline; returns the bytes of the transformer's fp32 weights."""
+    import torch
+
+    from rq_hf import RQTransformerConfig, RQTransformerForCausalImageModeling, RQTransformerPipeline, RQVAEModel
+
+    torch.manual_seed(0)
+    vae = RQVAEModel(in_channels=3, out_channels=3, sample_size=32, block_out_channels=(16, 32, 64, 64),
+                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                     layers_per_block=1, latent_channels=64, norm_num_groups=8, codebook_size=16384, code_depth=4)
+    config = RQTransformerConfig(vocab_size=16384, code_shape=[4, 4, 4], hidden_size=hidden,
+                                 num_spatial_layers=layers[0], num_depth_layers=layers[1],
+                                 num_attention_heads=max(1, hidden // 64), num_classes=10, code_embedding_dim=64)
+    model = RQTransformerForCausalImageModeling(config)
+    RQTransformerPipeline(vqvae=vae, transformer=model).save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters()) * 4
+
+
+def main(argv: List[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.quick:
+        args.hidden, args.layers = 64, [2, 1]
+    routes = CPU_ROUTES + (GPU_ROUTES if args.device.startswith("cuda") else [])
+    results: Dict[str, Dict] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        folder = os.path.join(workdir, "pipe")
+        weight_bytes = save_pipeline(folder, args.hidden, args.layers)
+        for route in routes:
+            command = [sys.executable, "-c", LOADER, route, folder, args.device, str(args.batch_size),
+                       str(args.gpu_budget_gib)]
+            completed = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+            lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+            if completed.returncode != 0 or not lines:
+                raise RuntimeError(f"route {route!r} failed:\n{completed.stderr[-3000:]}")
+            results[route] = json.loads(lines[-1][len("RESULT "):])
+            print(f"  {route}: {results[route]}", flush=True)
+    mib = 2**20
+    header = (f"Loading a saved fp32 pipeline whose transformer has {weight_bytes / 4 / 1e6:.0f}M parameters "
+              f"({weight_bytes / mib:,.0f} MiB in fp32), one fresh process per route; peak resident memory above "
+              f"the process before loading (ru_maxrss)" + ("; GPU routes sample "
+              f"{args.batch_size} images (bf16)." if args.device.startswith("cuda") else "."))
+    lines = ["| route | peak RSS (MiB) | / fp32 weights | peak GPU (MiB) |", "|---|---:|---:|---:|"]
+    for route, result in results.items():
+        gpu = f"{result['peak_gpu_bytes'] / mib:,.0f}" if "peak_gpu_bytes" in result else "-"
+        lines.append(f"| {route} | {result['peak_rss_bytes'] / mib:,.0f} | "
+                     f"{result['peak_rss_bytes'] / weight_bytes:.2f} | {gpu} |")
+    print("\n".join([header, ""] + lines))
+    if args.markdown_out:
+        with open(args.markdown_out, "w") as handle:
+            handle.write("\n".join([header, ""] + lines) + "\n")
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump({"benchmark": "loading", "header": header, "settings": vars(args), "weight_bytes": weight_bytes,
+                       "routes": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
