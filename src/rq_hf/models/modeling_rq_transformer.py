@@ -729,6 +729,13 @@ class _StaticDecoding:
         rows, dtype, device, mode = key
         config = model.config
         self.key = key
+        if not hasattr(StaticLayer(1), "cumulative_length"):
+            import transformers
+
+            raise RuntimeError(
+                "`compile` needs a transformers whose `StaticLayer` counts its own tokens (`cumulative_length`; "
+                f"5.17 and later do), got transformers {transformers.__version__}."
+            )
         self.spatial_cache = Cache(layers=[StaticLayer(config.num_positions) for _ in range(config.num_spatial_layers)])
         self.depth_cache = Cache(layers=[StaticLayer(config.code_depth) for _ in range(config.num_depth_layers)])
         head_dim = config.hidden_size // config.num_attention_heads
@@ -738,6 +745,19 @@ class _StaticDecoding:
         if mode is not None:
             self.spatial_step = torch.compile(self.spatial_step, mode=mode, fullgraph=True, dynamic=False)
             self.depth_step = torch.compile(self.depth_step, mode=mode, fullgraph=True, dynamic=False)
+            if device.type == "cuda" and mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs
+                self.spatial_step = self._graph_step(self.spatial_step)
+                self.depth_step = self._graph_step(self.depth_step)
+
+    @staticmethod
+    def _graph_step(step: Callable) -> Callable:
+        """Each call is a new CUDA-graph step whose output is copied out (the graph reuses its output buffer)."""
+
+        def run(*args):
+            torch.compiler.cudagraph_mark_step_begin()
+            return step(*args).clone()
+
+        return run
 
     def __deepcopy__(self, memo: dict) -> None:
         return None
