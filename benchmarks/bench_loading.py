@@ -1,8 +1,11 @@
 """Peak memory of loading (and, on a GPU, sampling with) a large RQ-Transformer pipeline, by loading route.
 
 Saves one fp32 pipeline (a tiny RQ-VAE and a transformer of `--hidden` width and `--layers` spatial + depth
-layers, random weights), then loads it in a fresh process per route and reports the peak resident memory
-above the process's memory before loading (`ru_maxrss`), against the size of the fp32 weights:
+layers, random weights), then loads it in a fresh process per route and reports, above the process's memory
+before loading and against the size of the fp32 weights, the peak of its anonymous resident memory (what has
+to fit in RAM; sampled every 2 ms from /proc/self/status), of its resident file pages (the memory-mapped
+safetensors file: page cache, given back under pressure) over loading and sampling `--batch-size` images (every
+weight is read), and the anonymous memory held right after loading:
 
 * `naive`: build the model (random init), `load_state_dict` from the file, then `.to(bfloat16)`: what a
   hand-written loader costs;
@@ -12,8 +15,8 @@ above the process's memory before loading (`ru_maxrss`), against the size of the
 * `device_map (blocks on disk)`: the transformer from `from_pretrained(..., device_map=..., offload_folder=...)`
   with its two stacks on disk (accelerate's hooks load a stack while it runs).
 
-On a GPU (`--device cuda`) three more routes sample `--batch-size` images and report the peak GPU memory:
-the whole pipeline on the GPU, `enable_model_cpu_offload()`, and a `device_map="auto"` transformer limited to
+On a GPU (`--device cuda`) three more routes report the peak GPU memory of the sampling: the whole pipeline on
+the GPU, `enable_model_cpu_offload()`, and a `device_map="auto"` transformer limited to
 `--gpu-budget-gib` of GPU memory.
 
     python benchmarks/bench_loading.py                    # ~300M parameters (1.2 GB fp32), CPU: a minute
@@ -32,17 +35,32 @@ import tempfile
 from typing import Dict, List
 
 LOADER = r"""
-import json, os, resource, sys
+import json, os, resource, sys, threading, time
 import torch
 from rq_hf import RQTransformerForCausalImageModeling, RQTransformerPipeline, RQVAEModel
 
 route, folder, device, batch_size, budget = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 
-def rss_bytes():
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def memory():  # resident anonymous memory (what must fit in RAM), resident file pages (mapped weights)
+    fields = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                fields[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return fields["RssAnon"], fields["RssFile"]
 
-before = rss_bytes()
+peak = [0, 0]
+running = True
+
+def sample():
+    while running:
+        anon, mapped = memory()
+        peak[0], peak[1] = max(peak[0], anon), max(peak[1], mapped)
+        time.sleep(0.002)
+
+before = memory()
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 transformer_folder = os.path.join(folder, "transformer")
 if route == "naive":
     import safetensors.torch
@@ -56,12 +74,12 @@ elif route == "from_pretrained":
 elif route == "torch_dtype=bf16":
     pipe = RQTransformerPipeline.from_pretrained(folder, torch_dtype=torch.bfloat16)
 elif route == "device_map (blocks on disk)":
-    model = RQTransformerForCausalImageModeling.from_pretrained(transformer_folder)
-    device_map = {name: "cpu" for name, _ in model.named_children()}
-    device_map.update({name: "cpu" for name, _ in model.named_parameters(recurse=False)})
+    config = RQTransformerForCausalImageModeling.config_class.from_pretrained(transformer_folder)
+    with torch.device("meta"):  # the module names, nothing allocated
+        names = RQTransformerForCausalImageModeling(config)
+    device_map = {name: "cpu" for name, _ in names.named_children()}
+    device_map.update({name: "cpu" for name, _ in names.named_parameters(recurse=False)})
     device_map.update(spatial_transformer="disk", depth_transformer="disk")
-    del model
-    before = rss_bytes()
     model = RQTransformerForCausalImageModeling.from_pretrained(
         transformer_folder, device_map=device_map, offload_folder=os.path.join(folder, "offload"))
     pipe = RQTransformerPipeline.from_pretrained(folder, transformer=model)
@@ -78,12 +96,19 @@ elif route == "gpu: device_map=auto":
     pipe.vqvae.to(device)
 else:
     raise ValueError(f"unknown route {route!r}")
-result = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before}
+held = memory()[0] - before[0]
+# then sample: every weight is read at least once (a memory-mapped one becomes resident only when read)
 if route.startswith("gpu"):
     torch.cuda.reset_peak_memory_stats()
-    labels = [i % pipe.transformer.config.num_classes for i in range(batch_size)]
-    pipe.set_progress_bar_config(disable=True)
-    pipe(class_labels=labels, top_k=64, generator=torch.Generator().manual_seed(0), output_type="np")
+labels = [i % pipe.transformer.config.num_classes for i in range(batch_size)]
+pipe.set_progress_bar_config(disable=True)
+pipe(class_labels=labels, top_k=64, generator=torch.Generator().manual_seed(0), output_type="np")
+running = False
+sampler.join()
+result = {"peak_anon_bytes": peak[0] - before[0], "peak_file_bytes": peak[1] - before[1],
+          "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - sum(before),
+          "held_anon_bytes_after_loading": held}
+if route.startswith("gpu"):
     torch.cuda.synchronize()
     result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
 print("RESULT " + json.dumps(result))
@@ -99,7 +124,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, nargs=2, default=[20, 4], metavar=("SPATIAL", "DEPTH"))
     parser.add_argument("--quick", action="store_true", help="a tiny transformer (hidden 64, 2 + 1 layers)")
     parser.add_argument("--device", default="cpu", help="cuda: also the GPU routes")
-    parser.add_argument("--batch-size", type=int, default=4, help="images sampled by the GPU routes")
+    parser.add_argument("--batch-size", type=int, default=1, help="images sampled after loading")
     parser.add_argument("--gpu-budget-gib", type=float, default=1.0, help="GPU memory of the device_map route")
     parser.add_argument("--markdown-out", "--markdown_out", default=None, help="also write the table here")
     parser.add_argument("--json-out", "--json_out", default=None, help="write the results as JSON here")
@@ -144,14 +169,17 @@ def main(argv: List[str] | None = None) -> None:
             print(f"  {route}: {results[route]}", flush=True)
     mib = 2**20
     header = (f"Loading a saved fp32 pipeline whose transformer has {weight_bytes / 4 / 1e6:.0f}M parameters "
-              f"({weight_bytes / mib:,.0f} MiB in fp32), one fresh process per route; peak resident memory above "
-              f"the process before loading (ru_maxrss)" + ("; GPU routes sample "
-              f"{args.batch_size} images (bf16)." if args.device.startswith("cuda") else "."))
-    lines = ["| route | peak RSS (MiB) | / fp32 weights | peak GPU (MiB) |", "|---|---:|---:|---:|"]
+              f"({weight_bytes / mib:,.0f} MiB in fp32), one fresh process per route; memory above the process "
+              f"before loading, over loading and sampling {args.batch_size} image(s)"
+              + ("; the GPU routes in bf16." if args.device.startswith("cuda") else "."))
+    lines = ["| route | peak anonymous RAM (MiB) | / fp32 weights | held after loading (MiB) "
+             "| peak mapped file (MiB) | peak GPU (MiB) |", "|---|---:|---:|---:|---:|---:|"]
     for route, result in results.items():
         gpu = f"{result['peak_gpu_bytes'] / mib:,.0f}" if "peak_gpu_bytes" in result else "-"
-        lines.append(f"| {route} | {result['peak_rss_bytes'] / mib:,.0f} | "
-                     f"{result['peak_rss_bytes'] / weight_bytes:.2f} | {gpu} |")
+        lines.append(f"| {route} | {result['peak_anon_bytes'] / mib:,.0f} | "
+                     f"{result['peak_anon_bytes'] / weight_bytes:.2f} | "
+                     f"{result['held_anon_bytes_after_loading'] / mib:,.0f} | "
+                     f"{result['peak_file_bytes'] / mib:,.0f} | {gpu} |")
     print("\n".join([header, ""] + lines))
     if args.markdown_out:
         with open(args.markdown_out, "w") as handle:
