@@ -54,8 +54,9 @@ def test_bad_compile_arguments():
     model = tiny_transformer()
     with pytest.raises(ValueError, match="`compile` must be a bool or one of the torch.compile modes"):
         sample(model, compile="fastest")
-    with pytest.raises(ValueError, match="`use_cache` must be True"):
-        sample(model, compile="default", use_cache=False)
+    for compile in (True, "default"):
+        with pytest.raises(ValueError, match="`use_cache` must be True"):
+            sample(model, compile=compile, use_cache=False)
 
 
 def _compile_unavailable() -> str | None:

@@ -524,12 +524,12 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
     def _compile_mode(compile: object, use_cache: bool, device: torch.device) -> str | None:
         """The `torch.compile` mode of a `generate_codes(compile=...)` value."""
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-        if compile is True:
-            return "reduce-overhead" if device.type == "cuda" else "default"
-        if compile not in modes:
+        if compile is not True and compile not in modes:
             raise ValueError(f"`compile` must be a bool or one of the torch.compile modes {modes}, got {compile!r}.")
         if not use_cache:
             raise ValueError("`compile` needs the key/value cache: `use_cache` must be True, got False.")
+        if compile is True:
+            return "reduce-overhead" if device.type == "cuda" else "default"
         return compile
 
     def _static_decoding(self, rows: int, mode: str | None, device: torch.device) -> "_StaticDecoding":
@@ -584,8 +584,10 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             compile: decode with static key/value caches (transformers `StaticLayer`s) and `torch.compile`d
                 steps: `True` (mode "reduce-overhead", i.e. CUDA graphs, on a GPU; "default" elsewhere) or a
                 `torch.compile` mode. The first call compiles (seconds to minutes); later calls with the same
-                batch, dtype and device reuse it. Same codes as the eager path for the same seed, up to the
-                rounding of fused kernels. Needs `use_cache=True`.
+                batch, dtype and device reuse it, and the caches stay on the model until then. Same codes as the
+                eager path for the same seed, up to rounding: logits differ by ~1e-6 (masked full-length
+                attention, fused kernels), which can change a draw after many positions of a large model (the
+                samples then differ but follow the same distribution). Needs `use_cache=True`.
 
         Returns:
             long (batch, h, w, D) codes.
