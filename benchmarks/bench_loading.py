@@ -5,7 +5,8 @@ layers, random weights), then loads it in a fresh process per route and reports,
 before loading and against the size of the fp32 weights, the peak of its anonymous resident memory (what has
 to fit in RAM; sampled every 2 ms from /proc/self/status), of its resident file pages (the memory-mapped
 safetensors file: page cache, given back under pressure) over loading and sampling `--batch-size` images (every
-weight is read), and the anonymous memory held right after loading:
+weight is read), the anonymous memory held right after loading, and the peak resident set (`ru_maxrss`, all
+pages, also short-lived ones the sampling misses):
 
 * `naive`: build the model (random init), `load_state_dict` from the file, then `.to(bfloat16)`: what a
   hand-written loader costs;
@@ -173,13 +174,14 @@ def main(argv: List[str] | None = None) -> None:
               f"before loading, over loading and sampling {args.batch_size} image(s)"
               + ("; the GPU routes in bf16." if args.device.startswith("cuda") else "."))
     lines = ["| route | peak anonymous RAM (MiB) | / fp32 weights | held after loading (MiB) "
-             "| peak mapped file (MiB) | peak GPU (MiB) |", "|---|---:|---:|---:|---:|---:|"]
+             "| peak mapped file (MiB) | peak RSS, ru_maxrss (MiB) | peak GPU (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for route, result in results.items():
         gpu = f"{result['peak_gpu_bytes'] / mib:,.0f}" if "peak_gpu_bytes" in result else "-"
         lines.append(f"| {route} | {result['peak_anon_bytes'] / mib:,.0f} | "
                      f"{result['peak_anon_bytes'] / weight_bytes:.2f} | "
                      f"{result['held_anon_bytes_after_loading'] / mib:,.0f} | "
-                     f"{result['peak_file_bytes'] / mib:,.0f} | {gpu} |")
+                     f"{result['peak_file_bytes'] / mib:,.0f} | {result['peak_rss_bytes'] / mib:,.0f} | {gpu} |")
     print("\n".join([header, ""] + lines))
     if args.markdown_out:
         with open(args.markdown_out, "w") as handle:
