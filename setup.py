@@ -10,6 +10,7 @@ extras = {
     "bench": ["vector-quantize-pytorch", "matplotlib", "scikit-image", "scikit-learn"],
     "convert": ["pyyaml"],
     "demo": ["gradio>=6"],
+    "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
 }
 
 setup(
