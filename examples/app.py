@@ -330,7 +330,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"--max_images must be at least 1, got {args.max_images}.")
     pipe = load_pipeline(args.model_path, args.device)
     demo = build_demo(pipe, args.model_path, args.max_images)
-    demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme())
+    demo.queue().launch(server_name=args.host, server_port=args.port, share=args.share, theme=theme(),
+                        show_error=True)
 
 
 if __name__ == "__main__":
