@@ -2,6 +2,7 @@
 
 import json
 import os
+import runpy
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ onnxruntime = pytest.importorskip("onnxruntime", reason="the check needs the onn
 
 from rq_hf import RQTransformerPipeline, RQVAEModel  # noqa: E402
 from rq_hf.export_onnx import export_rqvae_to_onnx, main  # noqa: E402
+
+BENCHMARK = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "onnx_agreement.py")
 
 
 def _images(batch, seed, size=8):
@@ -50,6 +53,11 @@ def test_cli_on_a_pipeline_folder_with_one_codebook_per_depth(tmp_path, capsys):
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{\n"):]) == report  # the figures are printed as JSON
     assert json.load(open(tmp_path / "onnx" / "config.json"))["shared_codebook"] is False
+    # benchmarks/onnx_agreement.py sums the check over batches
+    measure = runpy.run_path(BENCHMARK)["measure"]
+    totals = measure(vae, str(tmp_path / "onnx"), _images(7, seed=9), batch_size=3)
+    assert (totals["images"], totals["codes"], totals["differing_codes"]) == (7, 7 * 16 * 2, 0)
+    assert totals["codes_agreement"] == 1.0 and totals["max_abs_end_to_end_diff"] < 1e-4
 
 
 def test_bad_size_and_failed_export_leave_the_folder_alone(tmp_path, monkeypatch):
@@ -68,3 +76,19 @@ def test_bad_size_and_failed_export_leave_the_folder_alone(tmp_path, monkeypatch
     assert os.listdir(tmp_path / "onnx") == ["encoder.onnx"]
     assert (tmp_path / "onnx" / "encoder.onnx").read_text() == "earlier export"
     assert os.listdir(tmp_path) == ["onnx"]
+
+
+def test_agreement_benchmark_counts_and_near_tie_gaps(tmp_path):
+    bench = runpy.run_path(BENCHMARK)
+    vae = tiny_vae()
+    images = _images(3, seed=4)
+    with torch.no_grad():
+        encoded = vae.encode(images)
+        assert bench["tie_gaps"](vae, encoded.latents, encoded.codes, encoded.codes) == []
+        other = encoded.codes.clone()
+        other[1, 2, 3, 1] = (other[1, 2, 3, 1] + 1) % 32  # one differing code, at the second depth
+        gaps = bench["tie_gaps"](vae, encoded.latents, encoded.codes, other)
+        residual = encoded.latents[1, :, 2, 3] - vae.quantizer.codebook(0)[encoded.codes[1, 2, 3, 0]]
+        distances = (residual[None] - vae.quantizer.codebook(1)).pow(2).sum(1)
+        mine, theirs = distances[encoded.codes[1, 2, 3, 1]], distances[other[1, 2, 3, 1]]
+    assert gaps == pytest.approx([((theirs - mine).abs() / mine).item()]) and gaps[0] > 0

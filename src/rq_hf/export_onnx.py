@@ -176,9 +176,11 @@ def folder_size_bytes(output_dir: str | os.PathLike, file_name: str) -> int:
 def check_onnx_export(vae: RQVAEModel, output_dir: str | os.PathLike, images: torch.Tensor) -> dict[str, Any]:
     """Run both graphs in onnxruntime (CPU) on `images` (B, C, H, W) in [-1, 1] and compare with `vae` (fp32).
 
-    Returns `codes_agreement` (fraction of equal codes, encoder graph against `vae.encode`),
-    `max_abs_image_diff` (decoder graph against `vae.decode_codes`, both fed PyTorch's codes) and the
-    `batch_size`.
+    Returns:
+        `batch_size`; `codes_agreement` and `differing_codes` (encoder graph against `vae.encode`: fraction
+        of equal codes, number of differing ones) and `images_with_differing_codes`; `max_abs_image_diff`
+        (decoder graph against `vae.decode_codes`, both fed PyTorch's codes); `max_abs_end_to_end_diff`
+        (both graphs in a row against `vae.encode` then `vae.decode_codes`).
     """
     import onnxruntime
 
@@ -195,10 +197,17 @@ def check_onnx_export(vae: RQVAEModel, output_dir: str | os.PathLike, images: to
             f"ONNX outputs have shapes {tuple(onnx_codes.shape)} / {tuple(onnx_images.shape)}, PyTorch's "
             f"{tuple(codes.shape)} / {tuple(reference.shape)}."
         )
+    differing = onnx_codes != codes
+    end_to_end = onnx_images
+    if differing.any():
+        end_to_end = torch.from_numpy(decoder.run(None, {"codes": onnx_codes.numpy()})[0])
     return {
         "batch_size": images.shape[0],
-        "codes_agreement": (onnx_codes == codes).float().mean().item(),
+        "codes_agreement": 1.0 - differing.float().mean().item(),
+        "differing_codes": int(differing.sum()),
+        "images_with_differing_codes": int(differing.flatten(1).any(1).sum()),
         "max_abs_image_diff": (onnx_images - reference).abs().max().item(),
+        "max_abs_end_to_end_diff": (end_to_end - reference).abs().max().item(),
     }
 
 
