@@ -229,7 +229,7 @@ def build_demo(pipe, model_path: str = "", max_images: int = 16):
     classes = class_choices(pipe)
     guided = kind != "none"
 
-    def depth_gallery(codes):
+    def depth_items(codes):
         return [(enlarge(image), f"depth 1-{d}" if d > 1 else "depth 1") for d, image in
                 enumerate(depth_views(pipe, codes), start=1)]
 
@@ -243,12 +243,12 @@ def build_demo(pipe, model_path: str = "", max_images: int = 16):
         tag = {"class": class_name, "text": prompt}.get(kind)
         captions = [f"{tag} · seed {int(seed) + i}" if tag else f"seed {int(seed) + i}" for i in range(len(codes))]
         images = [(enlarge(image), caption) for image, caption in zip(decode(pipe, codes), captions)]
-        return images, codes.cpu(), depth_gallery(codes[:1])
+        return images, codes.cpu(), depth_items(codes[:1])
 
     def on_select(codes, evt: gr.SelectData):
         if codes is None:
             return gr.skip()
-        return depth_gallery(codes[evt.index : evt.index + 1])
+        return depth_items(codes[evt.index : evt.index + 1])
 
     def on_complete(image, num_kept, class_name, prompt, guidance, top_k, top_p, temperature, seed, num_images,
                     progress=gr.Progress()):
@@ -262,7 +262,14 @@ def build_demo(pipe, model_path: str = "", max_images: int = 16):
     def on_depths(image):
         if image is None:
             raise gr.Error("Upload an image first.")
-        return depth_gallery(encode_image(pipe, image))
+        return depth_items(encode_image(pipe, image))
+
+    def gallery(label, elem_id, columns=4, height=420, **kwargs):  # PNG: the pixels as decoded, enlarged
+        return gr.Gallery(label=label, columns=columns, height=height, format="png", object_fit="contain",
+                          elem_id=elem_id, **kwargs)
+
+    def depth_row(elem_id):  # one row, D images of the same size as the samples
+        return gallery("Coarse to fine", elem_id, columns=max(depth, 4), height=220, fit_columns=False)
 
     vae_cfg = pipe.vqvae.config
     with gr.Blocks(title="RQ-Transformer", analytics_enabled=False) as demo:
@@ -289,12 +296,10 @@ def build_demo(pipe, model_path: str = "", max_images: int = 16):
             with gr.Column(scale=2):
                 with gr.Tab("Generate"):
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
-                    samples = gr.Gallery(label="Samples", columns=4, format="png", object_fit="contain", height=420,
-                                         elem_id="samples")
+                    samples = gallery("Samples", "samples")
                     codes_state = gr.State(None)
                     gr.Markdown("Coarse to fine: the selected sample decoded from its first 1, 2, ... depths.")
-                    sample_depths = gr.Gallery(label="Coarse to fine", columns=max(depth, 4), format="png",
-                                               object_fit="contain", height=220, elem_id="sample-depths")
+                    sample_depths = depth_row("sample-depths")
                 with gr.Tab("From an image"):
                     upload = gr.Image(type="pil", label="Image", elem_id="upload", height=256)
                     num_kept = gr.Slider(0, num_positions, value=num_positions // 2, step=1,
@@ -303,10 +308,8 @@ def build_demo(pipe, model_path: str = "", max_images: int = 16):
                     with gr.Row():
                         complete_button = gr.Button("Complete", variant="primary", elem_id="complete")
                         depths_button = gr.Button("Coarse to fine", elem_id="depths")
-                    completions = gr.Gallery(label="Kept part and completions", columns=4, format="png",
-                                             object_fit="contain", height=420, elem_id="completions")
-                    upload_depths = gr.Gallery(label="Coarse to fine", columns=max(depth, 4), format="png",
-                                               object_fit="contain", height=220, elem_id="upload-depths")
+                    completions = gallery("Kept part and completions", "completions")
+                    upload_depths = depth_row("upload-depths")
 
         sampling = [guidance, top_k, top_p, temperature, seed, num_images]
         generate_button.click(on_generate, [class_name, prompt] + sampling, [samples, codes_state, sample_depths])

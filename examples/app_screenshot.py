@@ -131,6 +131,18 @@ def pick_class(driver, name: str) -> None:
         raise RuntimeError(f"the class picker shows {value!r} after picking {name!r}")
 
 
+def set_number(driver, elem_id: str, value) -> None:
+    """Type ``value`` into the number field of slider or number ``elem_id`` and commit it (Enter)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    field = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(str(value), Keys.ENTER)
+    if field.get_attribute("value") != str(value):
+        raise RuntimeError(f"#{elem_id} shows {field.get_attribute('value')!r} after typing {value!r}")
+
+
 def open_tab(driver, title: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -175,9 +187,10 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_path", default="quickstart/pipeline")
     parser.add_argument("--class_name", default=None, help="Class to pick (default: the picker's first).")
+    parser.add_argument("--num_images", type=int, default=8)
     parser.add_argument("--output", default="docs/images/app.png")
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=1000)
+    parser.add_argument("--height", type=int, default=1080)
     args = parser.parse_args(argv)
     reason = missing_browser()
     if reason:
@@ -192,9 +205,9 @@ def main(argv=None) -> str:
             open_app(driver, url)
             if args.class_name:
                 pick_class(driver, args.class_name)
+            set_number(driver, "num-images", args.num_images)
             driver.find_element(By.ID, "generate").click()
-            count = int(driver.find_element(By.CSS_SELECTOR, "#num-images input[type=number]").get_attribute("value"))
-            gallery_images(driver, "samples", count, timeout=600)
+            gallery_images(driver, "samples", args.num_images, timeout=600)
             gallery_images(driver, "sample-depths", timeout=60)
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
             driver.save_screenshot(args.output)
