@@ -16,8 +16,8 @@ Then open http://127.0.0.1:7860. The app has two tabs:
 - **From an image**: upload an image; *Complete* keeps its first N code positions (raster order) and samples
   the rest; *Coarse to fine* shows the same depth view for the uploaded image's codes.
 
-On a Hugging Face Space, put this file at the Space's root as ``app.py`` with ``rq-hf[demo]`` in its
-``requirements.txt`` and set the variable ``RQ_HF_MODEL_PATH`` to the pipeline's Hub id (the Space runs
+On a Hugging Face Space, put this file at the Space's root as ``app.py``, list rq-hf with its ``demo`` extra in
+its ``requirements.txt`` and set the variable ``RQ_HF_MODEL_PATH`` to the pipeline's Hub id (the Space runs
 ``python app.py``; Gradio takes the host and port from the Space's environment).
 """
 
