@@ -357,7 +357,10 @@ class ResidualQuantizer(nn.Module):
         Fewer depths than `code_depth` give the coarser reconstructions `z_hat^(d)`.
         """
         self._check_codes(codes)
-        codes = codes.long()
+        return self._sum_code_vectors(codes.long())
+
+    def _sum_code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """`embed_codes` without the checks, which read the values (traced graphs: see `rq_hf.export_onnx`)."""
         if self.shared_codebook:
             return F.embedding(codes, self.embed[0].float()).sum(-2)
         out = None
