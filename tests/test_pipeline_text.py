@@ -191,3 +191,16 @@ def test_class_pipeline_folders_without_a_tokenizer_entry_still_load(tmp_path):
                    DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)):
         assert loaded.tokenizer is None
         assert torch.equal(loaded(class_labels=[1], generator=gen(3), output_type="latent").images, expected)
+
+
+def test_the_app_samples_a_text_pipeline_from_its_prompt_box(pipe):
+    """examples/app.py (issue 15) drives a real text pipeline: the prompt reaches `pipe(prompt=...)`."""
+    import os
+    import runpy
+
+    app = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "examples", "app.py"))
+    assert app["condition_kind"](pipe) == "text"
+    codes = app["sample_codes"](pipe, num_images=2, seed=3, prompt=PROMPTS[0], guidance_scale=2.0)
+    expected = pipe(prompt=[PROMPTS[0]] * 2, guidance_scale=2.0, output_type="latent",
+                    generator=[gen(3), gen(4)]).images
+    assert torch.equal(codes, expected)

@@ -261,3 +261,15 @@ def test_captions_change_the_samples(model):
     a = model.generate_codes(text_ids=random_text(4, seed=1), generator=gen(0))
     b = model.generate_codes(text_ids=random_text(4, seed=2), generator=gen(0))
     assert not torch.equal(a, b)
+
+
+def test_static_cache_decoding_takes_the_caption_prefix(model, monkeypatch):
+    """`compile=True` with the steps left uncompiled: static caches of length L + T - 1, the same codes."""
+    monkeypatch.setattr(RQTransformerForCausalImageModeling, "_compile_mode",
+                        staticmethod(lambda compile, use_cache, device: None))
+    text, negative = random_text(2), random_text(2, seed=9)
+    kwargs = dict(text_ids=text, negative_text_ids=negative, guidance_scale=2.0, top_k=6)
+    static = model.generate_codes(generator=gen(0), compile=True, **kwargs)
+    assert torch.equal(static, model.generate_codes(generator=gen(0), **kwargs))
+    state = model.__dict__.pop("_static_decoding_state")
+    assert state.spatial_cache.layers[0].keys.shape[2] == TEXT_LENGTH + SHAPE[0] * SHAPE[1] - 1

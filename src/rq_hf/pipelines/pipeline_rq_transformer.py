@@ -22,6 +22,7 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..models.hub_utils import RQHubMixin, copy_module_sources
 from ..models.tokenization_rq_transformer import tokenize_captions
@@ -286,6 +287,7 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
+        compile: bool | str = False,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -313,6 +315,8 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             negative_prompt: with `guidance_scale != 1`, the caption(s) of the unconditional branch (one, or one
                 per prompt; ignored without guidance); default the empty caption.
             num_images_per_prompt: images per prompt (or per class label).
+            compile: decode with static key/value caches and `torch.compile`d steps (CUDA graphs on a GPU), as
+                `generate_codes(compile=...)`: `True` or a `torch.compile` mode; the first call compiles.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -337,7 +341,10 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, position, position, {"codes": codes})
 
-            codes = self.transformer.generate_codes(
+            # `generate_codes` is not `forward`: apply the offload hook of `enable_model_cpu_offload` to it
+            generate_codes = apply_forward_hook(type(self.transformer).generate_codes)
+            codes = generate_codes(
+                self.transformer,
                 batch_size=batch_size,
                 **condition,
                 top_k=top_k,
@@ -348,6 +355,7 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                 prefix_codes=prefix,
                 num_prefix_positions=num_prefix_positions,
                 callback=on_position,
+                compile=compile,
             )
 
         if output_type == "latent":
