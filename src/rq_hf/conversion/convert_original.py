@@ -39,11 +39,11 @@ import logging
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+
+from ..models.atomic_save import atomic_save_directory
 
 logger = logging.getLogger(__name__)
 
@@ -755,10 +755,7 @@ def convert_checkpoint_dir(
             RQTransformerForCausalImageModeling, RQTransformerConfig(**tr_kwargs), tr_sd
         )
 
-    parent = os.path.dirname(os.path.abspath(output_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".rq-hf-convert-", dir=parent)
-    try:
+    with atomic_save_directory(output_dir, replace="all") as tmp:  # all or nothing, old folder kept on failure
         if transformer is None:
             written = "rqvae"
             vae.save_pretrained(tmp)
@@ -777,12 +774,6 @@ def convert_checkpoint_dir(
         name = os.path.basename(os.path.normpath(checkpoint_dir))
         with open(os.path.join(tmp, "README.md"), "w") as fh:
             fh.write(model_card_text(name, config1, config2, tr_kwargs))
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return written
 
 
