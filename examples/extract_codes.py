@@ -161,4 +161,6 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    from rq_hf.training.script_utils import run_cli
+
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

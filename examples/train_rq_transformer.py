@@ -59,16 +59,15 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
 from rq_hf.training.script_utils import (
-    NonFiniteLossError,
     add_bookkeeping_args,
     add_data_args,
     add_debug_args,
     add_optimization_args,
     check_common_args,
+    run_cli,
 )
 
 logger = logging.getLogger("train_rq_transformer")
@@ -827,8 +826,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NonFiniteLossError as err:
-        print(f"train_rq_transformer.py: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

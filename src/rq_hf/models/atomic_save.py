@@ -46,6 +46,7 @@ DESCRIPTORS = ("model_index.json", "config.json")
 _MODEL_FILES = ("model_index.json", "config.json", "generation_config.json")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 _REPLACE_MODES = ("model", "all", "entries")
+_JOURNAL_TMP_RE = re.compile(r"^" + re.escape(JOURNAL) + r"\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.tmp$")
 _LEFTOVER_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>saving|retired)-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
 
 
@@ -98,7 +99,9 @@ def remove_tree(path: str | os.PathLike) -> None:
 
 
 def _entries_to_retire(target: str, staged: list[str], replace: str) -> list[str]:
-    present = [e for e in os.listdir(target) if e != JOURNAL and not _LEFTOVER_RE.match(e)]
+    present = [
+        e for e in os.listdir(target) if e != JOURNAL and not _LEFTOVER_RE.match(e) and not _JOURNAL_TMP_RE.match(e)
+    ]
     if replace == "all":
         return present
     retire = set(staged)
@@ -126,7 +129,7 @@ def _descriptor_last(names: Iterable[str]) -> list[str]:
 
 
 def _write_journal(target: str, journal: dict) -> None:
-    tmp = os.path.join(target, JOURNAL + f".{os.getpid()}.tmp")
+    tmp = os.path.join(target, f"{JOURNAL}.{_host()}-{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(journal, f)
     os.replace(tmp, os.path.join(target, JOURNAL))
@@ -210,6 +213,11 @@ def remove_stale_leftovers(parent: str | os.PathLike) -> list[str]:
         return removed
     host = _host()
     for entry in names:
+        journal_tmp = _JOURNAL_TMP_RE.match(entry)
+        if journal_tmp and journal_tmp["host"] == host and not _process_alive(int(journal_tmp["pid"])):
+            os.remove(os.path.join(parent, entry))  # a journal whose writing was cut short: nothing moved yet
+            removed.append(entry)
+            continue
         match = _LEFTOVER_RE.match(entry)
         if not match or match["host"] != host or _process_alive(int(match["pid"])):
             continue

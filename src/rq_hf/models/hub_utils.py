@@ -286,13 +286,12 @@ def check_loading_info(model: Any, source: str, info: dict, strict: bool) -> Non
             "unexpected ones ignored."
         )
     tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
-    on_meta = [name for name, tensor in tensors.items() if tensor.is_meta]
+    # only the missing ones: weights offloaded by a `device_map` also sit on the meta device, on purpose
+    on_meta = [name for name in missing if name in tensors and tensors[name].is_meta]
     if on_meta:
         from accelerate.utils import set_module_tensor_to_device
 
-        fresh = type(model).from_config(model.config) if hasattr(type(model), "from_config") else None
-        if fresh is None:
-            fresh = type(model)._from_config(model.config)
+        fresh = type(model).from_config(model.config)  # diffusers (transformers initialises missing weights)
         fresh_tensors = dict(itertools.chain(fresh.named_parameters(), fresh.named_buffers()))
         device = next((t.device for t in tensors.values() if not t.is_meta), "cpu")
         for name in on_meta:

@@ -54,7 +54,8 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -90,6 +91,7 @@ __all__ = [
     "reduce_step_values",
     "resolve_report_to",
     "resolve_resume_checkpoint",
+    "run_cli",
     "save_checkpoint",
     "write_model_card",
 ]
@@ -851,3 +853,27 @@ def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of t
     model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message,
                       **kwargs)
     return repo_id
+
+
+# ============================================================================================ command line
+
+
+def run_cli(
+    main: Callable[[list[str] | None], Any],
+    build_parser: Callable[[], argparse.ArgumentParser],
+    argv: list[str] | None = None,
+    errors: tuple[type[BaseException], ...] = (),
+) -> None:
+    """The ``__main__`` entry of a script: run ``main(argv)``, reporting errors of the call as argparse does.
+
+    A bad flag or input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError`` or
+    one of ``errors``) prints the script's usage line and ``<prog>: error: <message>`` and exits with status 2,
+    instead of a traceback; a run stopped by :class:`NonFiniteLossError` prints its message and exits with 1.
+    """
+    try:
+        main(argv)
+    except NonFiniteLossError as err:
+        print(f"{build_parser().prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, *errors) as err:
+        build_parser().error(str(err))
