@@ -78,7 +78,7 @@ def test_latest_picks_the_newest_complete_checkpoint_and_names_the_skipped(tmp_p
     assert (tmp_path / "checkpoint-2").is_dir()
 
     save_checkpoint(accelerator, str(tmp_path), 14, total_limit=1)
-    assert checkpoints(tmp_path) == ["checkpoint-12.tmp", "checkpoint-14"]
+    assert checkpoints(tmp_path) == ["checkpoint-14"]
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
 
 

@@ -107,6 +107,7 @@ CHECKPOINT_PREFIX = "checkpoint-"
 #: File of a checkpoint folder listing its files and their sizes (see :func:`checkpoint_problem`).
 CHECKPOINT_MANIFEST = "rq_hf_checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_LEGACY_STAGING_RE = re.compile(r"^checkpoint-(\d+)\.tmp$")
 
 
 # ============================================================================================ arguments
@@ -695,6 +696,10 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
         if accelerator.is_main_process:
             shutil.rmtree(staging, ignore_errors=True)
         raise
+    if accelerator.is_main_process:  # `checkpoint-<step>.tmp`: staging of earlier versions, never resumable
+        for name in os.listdir(output_dir):
+            if _LEGACY_STAGING_RE.match(name):
+                remove_tree(os.path.join(output_dir, name))
     if accelerator.is_main_process and total_limit is not None:
         older = [name for s, name in _checkpoint_steps(output_dir) if s != step]
         for name in older[: max(0, len(older) + 1 - total_limit)]:
