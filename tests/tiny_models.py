@@ -40,3 +40,20 @@ def tiny_transformer(num_classes=3, code_shape=(4, 4, 2), vocab_size=32, id2labe
         if num_classes is not None:
             model.condition_embedding.weight.normal_(0, 1)
     return model
+
+
+def tiny_pipeline(num_classes=3, head_scale=30.0):
+    """A tiny class-conditional (cat, dog, owl) or unconditional pipeline of 8x8 RGB images, 4x4x2 codes.
+
+    The untrained output head is scaled by `head_scale` so that its logits are far from uniform: samples then
+    depend on the class and the seed instead of on the random numbers alone.
+    """
+    from rq_hf import RQTransformerPipeline
+
+    transformer = tiny_transformer(num_classes=num_classes)
+    with torch.no_grad():
+        transformer.output_proj.weight.mul_(head_scale)
+    id2label = {0: "cat", 1: "dog", 2: "owl"} if num_classes == 3 else None
+    pipe = RQTransformerPipeline(vqvae=tiny_vae(), transformer=transformer, id2label=id2label)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache, StaticLayer
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopPLogitsWarper,
@@ -165,22 +166,26 @@ class RQTransformerAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
     def forward(
-        self, hidden_states: torch.Tensor, cache: RQKeyValueCache | None = None, layer_idx: int = 0
+        self, hidden_states: torch.Tensor, cache: RQKeyValueCache | Cache | None = None, layer_idx: int = 0
     ) -> torch.Tensor:
         batch, length, width = hidden_states.shape
         split = (batch, length, self.num_heads, self.head_dim)
         query = self.query(hidden_states).view(split).transpose(1, 2)
         key = self.key(hidden_states).view(split).transpose(1, 2)
         value = self.value(hidden_states).view(split).transpose(1, 2)
-        past = 0
-        if cache is not None:
+        past, mask = 0, None
+        if isinstance(cache, Cache):  # static cache: full-length buffers, the stored length is a tensor
+            key, value = cache.update(key, value, layer_idx)
+            end = cache.layers[layer_idx].cumulative_length
+            positions = end - length + torch.arange(length, device=query.device)
+            mask = torch.arange(key.shape[2], device=query.device) <= positions[:, None]
+        elif cache is not None:
             past = cache.length
             key, value = cache.update(layer_idx, key, value)
-        mask = None
         if past > 0 and length > 1:  # new tokens see the whole past and the new tokens before them
             mask = torch.ones(length, past + length, dtype=torch.bool, device=query.device).tril(past)
         out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, is_causal=past == 0 and length > 1,
+            query, key, value, attn_mask=mask, is_causal=mask is None and past == 0 and length > 1,
             dropout_p=self.attn_dropout if self.training else 0.0,
         )
         out = out.transpose(1, 2).reshape(batch, length, width)
@@ -211,21 +216,22 @@ class RQTransformerBlock(nn.Module):
         self.mlp = RQTransformerMLP(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, cache: RQKeyValueCache | None = None, layer_idx: int = 0
+        self, hidden_states: torch.Tensor, cache: RQKeyValueCache | Cache | None = None, layer_idx: int = 0
     ) -> torch.Tensor:
         hidden_states = hidden_states + self.attn(self.ln_1(hidden_states), cache, layer_idx)
         return hidden_states + self.mlp(self.ln_2(hidden_states))
 
 
 class RQTransformerStack(nn.Module):
-    """A causal stack of blocks (official `AttentionStack`), with activation checkpointing and a KV cache."""
+    """A causal stack of blocks (official `AttentionStack`), with activation checkpointing and a KV cache (an
+    `RQKeyValueCache`, or a transformers `Cache` of `StaticLayer`s for compiled decoding)."""
 
     def __init__(self, config: RQTransformerConfig, num_layers: int) -> None:
         super().__init__()
         self.layers = nn.ModuleList([RQTransformerBlock(config) for _ in range(num_layers)])
         self.gradient_checkpointing = False
 
-    def forward(self, hidden_states: torch.Tensor, cache: RQKeyValueCache | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, cache: RQKeyValueCache | Cache | None = None) -> torch.Tensor:
         checkpointing = (
             self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         )
@@ -234,7 +240,7 @@ class RQTransformerStack(nn.Module):
                 hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states)
             else:
                 hidden_states = layer(hidden_states, cache, layer_idx)
-        if cache is not None:
+        if isinstance(cache, RQKeyValueCache):  # a static cache counts its tokens itself
             cache.advance(hidden_states.shape[1])
         return hidden_states
 
@@ -541,6 +547,38 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             return torch.cat([draw(probs[i:i + 1], g) for i, g in enumerate(generator)])
         return draw(probs, generator)
 
+    def _spatial_context(self, inputs: torch.Tensor, cache: RQKeyValueCache | Cache) -> torch.Tensor:
+        """Spatial step: the context (rows, C) of the last of `inputs` (rows, new, C), the rest read from `cache`."""
+        return self.spatial_transformer(inputs, cache)[:, -1]
+
+    def _depth_logits(self, depth_input: torch.Tensor, cache: RQKeyValueCache | Cache) -> torch.Tensor:
+        """Depth step: fp32 logits (rows, K) of the next code from one depth input (rows, C) and `cache`."""
+        return self._code_logits(self.depth_transformer(depth_input[:, None], cache)[:, -1]).float()
+
+    @staticmethod
+    def _compile_mode(compile: object, use_cache: bool, device: torch.device) -> str | None:
+        """The `torch.compile` mode of a `generate_codes(compile=...)` value."""
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if compile is not True and compile not in modes:
+            raise ValueError(f"`compile` must be a bool or one of the torch.compile modes {modes}, got {compile!r}.")
+        if not use_cache:
+            raise ValueError("`compile` needs the key/value cache: `use_cache` must be True, got False.")
+        if compile is True:
+            return "reduce-overhead" if device.type == "cuda" else "default"
+        return compile
+
+    def _static_decoding(self, rows: int, mode: str | None, device: torch.device) -> "_StaticDecoding":
+        """Static caches and compiled steps for `rows` rows, kept between calls (one setting at a time)."""
+        dtype = self.output_proj.weight.dtype
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+        key = (rows, dtype, device, mode)
+        decoding = self.__dict__.get("_static_decoding_state")
+        if decoding is None or decoding.key != key:
+            decoding = _StaticDecoding(self, key)
+            self.__dict__["_static_decoding_state"] = decoding
+        return decoding
+
     @torch.no_grad()
     @_in_eval_mode  # sampling never uses dropout, whatever mode the model was left in
     def generate_codes(
@@ -556,6 +594,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         prefix_codes: torch.LongTensor | None = None,
         num_prefix_positions: int = 0,
         callback: Callable[[int, int, torch.LongTensor], None] | None = None,
+        compile: bool | str = False,
     ) -> torch.LongTensor:
         """Sample code maps autoregressively: h * w spatial steps, each followed by D depth steps.
 
@@ -578,6 +617,13 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             callback: called as `callback(position, num_positions, codes)` after each sampled position
                 (`position` is the 0-based raster index just completed, `num_positions = h * w`, `codes` the
                 (batch, h, w, D) codes so far; positions from `num_prefix_positions` on).
+            compile: decode with static key/value caches (transformers `StaticLayer`s) and `torch.compile`d
+                steps: `True` (mode "reduce-overhead", i.e. CUDA graphs, on a GPU; "default" elsewhere) or a
+                `torch.compile` mode. The first call compiles (seconds to minutes); later calls with the same
+                batch, dtype and device reuse it, and the caches stay on the model until then. Same codes as the
+                eager path for the same seed, up to rounding: logits differ by ~1e-6 (masked full-length
+                attention, fused kernels), which can change a draw after many positions of a large model (the
+                samples then differ but follow the same distribution). Needs `use_cache=True`.
 
         Returns:
             long (batch, h, w, D) codes.
@@ -663,8 +709,14 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 codes[batch_size:] = prefix
         warpers = [self._logits_warpers(temperature, top_ps[d]) for d in range(depth)]
         top_ks = [k if k is not None and k < self.config.vocab_size else None for k in top_ks]
-        spatial_cache = RQKeyValueCache(self.config.num_spatial_layers, num_positions) if use_cache else None
-        depth_cache = RQKeyValueCache(self.config.num_depth_layers, depth) if use_cache else None
+        spatial_step, depth_step = self._spatial_context, self._depth_logits
+        if compile is not False:
+            decoding = self._static_decoding(rows, self._compile_mode(compile, use_cache, device), device)
+            spatial_cache, depth_cache = decoding.spatial_cache, decoding.depth_cache
+            spatial_cache.reset()
+        else:
+            spatial_cache = RQKeyValueCache(self.config.num_spatial_layers, num_positions) if use_cache else None
+            depth_cache = RQKeyValueCache(self.config.num_depth_layers, depth) if use_cache else None
         depth_positions = self.depth_position_embedding[0]
         output = codes[:batch_size].view(batch_size, height, width, depth)
 
@@ -672,7 +724,9 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             # Spatial step: the context of `position` (with the cache, only the new tokens go in).
             first = position if use_cache and position > num_prefix_positions else 0
             inputs = self._spatial_inputs(condition_ids, codes, first, position + 1)
-            context = self.spatial_transformer(inputs, spatial_cache)[:, -1]
+            if compile is not False and inputs.shape[1] == 1:  # a prefix is prefilled by the eager step
+                spatial_step, depth_step = decoding.spatial_step, decoding.depth_step
+            context = spatial_step(inputs, spatial_cache)
 
             # Depth steps: depth 0 sees the context, depth d the projected sum of the codes before it.
             depth_input = context + depth_positions[0]
@@ -686,11 +740,11 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                     code_sum = embedded if code_sum is None else code_sum + embedded
                     depth_input = self.depth_input_proj(code_sum) + depth_positions[d]
                 if use_cache:
-                    hidden = self.depth_transformer(depth_input[:, None], depth_cache)[:, -1]
+                    logits = depth_step(depth_input, depth_cache)
                 else:
                     depth_inputs.append(depth_input)
-                    hidden = self.depth_transformer(torch.stack(depth_inputs, dim=1))[:, -1]
-                logits = self._code_logits(hidden).float()
+                    logits = self._code_logits(self.depth_transformer(torch.stack(depth_inputs, dim=1))[:, -1])
+                    logits = logits.float()
                 if guided:
                     conditional, unconditional = logits.chunk(2)
                     logits = unconditional + guidance_scale * (conditional - unconditional)
@@ -707,6 +761,52 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             if callback is not None:
                 callback(position, num_positions, output)
         return output.clone()
+
+
+class _StaticDecoding:
+    """Static key/value caches (transformers `StaticLayer`s) and the step functions of compiled decoding for one
+    (rows, dtype, device, mode) setting. The model keeps the last one, so that `torch.compile` compiles once and
+    CUDA graphs see the same cache buffers at every call; copies and pickles of the model leave it behind."""
+
+    def __init__(self, model: RQTransformerForCausalImageModeling, key: tuple) -> None:
+        rows, dtype, device, mode = key
+        config = model.config
+        self.key = key
+        if not hasattr(StaticLayer(1), "cumulative_length"):
+            import transformers
+
+            raise RuntimeError(
+                "`compile` needs a transformers whose `StaticLayer` counts its own tokens (`cumulative_length`; "
+                f"5.17 and later do), got transformers {transformers.__version__}."
+            )
+        self.spatial_cache = Cache(layers=[StaticLayer(config.num_positions) for _ in range(config.num_spatial_layers)])
+        self.depth_cache = Cache(layers=[StaticLayer(config.code_depth) for _ in range(config.num_depth_layers)])
+        head_dim = config.hidden_size // config.num_attention_heads
+        for cache in (self.spatial_cache, self.depth_cache):
+            cache.early_initialization(rows, config.num_attention_heads, head_dim, dtype, device)
+        self.spatial_step, self.depth_step = model._spatial_context, model._depth_logits
+        if mode is not None:
+            self.spatial_step = torch.compile(self.spatial_step, mode=mode, fullgraph=True, dynamic=False)
+            self.depth_step = torch.compile(self.depth_step, mode=mode, fullgraph=True, dynamic=False)
+            if device.type == "cuda" and mode in ("reduce-overhead", "max-autotune"):  # CUDA graphs
+                self.spatial_step = self._graph_step(self.spatial_step)
+                self.depth_step = self._graph_step(self.depth_step)
+
+    @staticmethod
+    def _graph_step(step: Callable) -> Callable:
+        """Each call is a new CUDA-graph step whose output is copied out (the graph reuses its output buffer)."""
+
+        def run(*args):
+            torch.compiler.cudagraph_mark_step_begin()
+            return step(*args).clone()
+
+        return run
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+    def __reduce__(self):
+        return type(None), ()
 
 
 def _register_auto_classes() -> None:

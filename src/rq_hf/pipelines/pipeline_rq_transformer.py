@@ -19,6 +19,7 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
 from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
@@ -190,6 +191,7 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[..., Any] | None = None,
+        compile: bool | str = False,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -209,6 +211,8 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             return_dict: return an `ImagePipelineOutput` (else a tuple).
             callback_on_step_end: called as `callback_on_step_end(pipe, step, step, {"codes": codes})` after each
                 sampled code position; `codes` (B, h, w, D) holds the positions sampled so far.
+            compile: decode with static key/value caches and `torch.compile`d steps (CUDA graphs on a GPU), as
+                `generate_codes(compile=...)`: `True` or a `torch.compile` mode; the first call compiles.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
@@ -228,7 +232,10 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, position, position, {"codes": codes})
 
-            codes = self.transformer.generate_codes(
+            # `generate_codes` is not `forward`: apply the offload hook of `enable_model_cpu_offload` to it
+            generate_codes = apply_forward_hook(type(self.transformer).generate_codes)
+            codes = generate_codes(
+                self.transformer,
                 batch_size=batch_size,
                 class_labels=None if labels is None else labels.to(device),
                 top_k=top_k,
@@ -239,6 +246,7 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                 prefix_codes=prefix,
                 num_prefix_positions=num_prefix_positions,
                 callback=on_position,
+                compile=compile,
             )
 
         if output_type == "latent":
