@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     codes = extract_codes(args)
-    codes.save_to_disk(args.output_dir)
+    from rq_hf.models.atomic_save import atomic_save_directory
+
+    with atomic_save_directory(args.output_dir, replace="all") as staging:  # all or nothing
+        codes.save_to_disk(staging)
     logger.info("Saved %d rows of codes %s to %s", len(codes), codes.features["codes"].shape, args.output_dir)
     if args.push_to_hub:
         repo_id = args.hub_dataset_id or os.path.basename(os.path.normpath(args.output_dir))
@@ -173,4 +176,6 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    from rq_hf.training.script_utils import run_cli
+
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

@@ -66,8 +66,20 @@ def make_grid(images, num_columns: int):
     return grid
 
 
+def parse_class_label(text: str) -> int | str:
+    """A class id (an integer, negative ones included, so that they are refused as ids) or a class name."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def main(argv=None) -> list[str]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("num_per_class", "num_images"):
+        if getattr(args, name) < 1:
+            parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}")
     import torch
 
     from rq_hf import RQTransformerPipeline
@@ -89,15 +101,15 @@ def main(argv=None) -> list[str]:
                      "negative_prompt": args.negative_prompt}
     elif pipe.transformer.config.num_classes is None:
         if args.class_labels:
-            raise SystemExit(f"--class_labels: {args.model_path} is unconditional; use --num_images instead.")
+            raise ValueError(f"`--class_labels`: {args.model_path} is unconditional; use --num_images instead.")
         labels, num_columns = None, args.num_images
         count = args.num_images
     else:
         if not args.class_labels:
-            raise SystemExit(f"--class_labels: {args.model_path} is class-conditional; known classes: "
+            raise ValueError(f"`--class_labels` is required: {args.model_path} is class-conditional; known classes: "
                              f"{pipe.id2label}")
         requested = list(pipe.id2label) if args.class_labels == ["all"] else args.class_labels
-        labels = [int(v) if str(v).isdigit() else v for v in requested for _ in range(args.num_per_class)]
+        labels = [parse_class_label(str(v)) for v in requested for _ in range(args.num_per_class)]
         num_columns, count = args.num_per_class, len(labels)
         condition = {"class_labels": labels}
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(count)]
@@ -123,4 +135,6 @@ def main(argv=None) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    from rq_hf.training.script_utils import run_cli
+
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

@@ -71,16 +71,15 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
 from rq_hf.training.script_utils import (
-    NonFiniteLossError,
     add_bookkeeping_args,
     add_data_args,
     add_debug_args,
     add_optimization_args,
     check_common_args,
+    run_cli,
 )
 
 logger = logging.getLogger("train_rq_transformer")
@@ -335,13 +334,7 @@ def load_vqvae(path: str):
 
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"`--vqvae_model_name_or_path` {path!r} is a folder without config.json")
-    vae = RQVAEModel.from_pretrained(path)
-    missing = [name for name, t in vae.state_dict().items() if t.device.type == "meta"]
-    if missing:  # diffusers leaves weights missing from the file on the meta device with only a warning
-        raise ValueError(
-            f"`--vqvae_model_name_or_path` {path!r}: the weights lack {len(missing)} tensors of its config "
-            f"(e.g. {missing[:3]}); the folder is incomplete or does not match its config.json"
-        )
+    vae = RQVAEModel.from_pretrained(path)  # strict: weights that do not match the config raise
     vae.requires_grad_(False).float()
     return vae.eval()
 
@@ -414,6 +407,7 @@ def build_transformer(
         if id2label is not None:
             config.id2label = dict(id2label)
             config.label2id = {name: i for i, name in id2label.items()}
+        model.code_embeddings.weight.requires_grad_(args.train_code_embeddings)  # as for a new model
         model.train()
         return model, False
 
@@ -916,9 +910,8 @@ def main(argv: list[str] | None = None) -> str:
                 if from_codes:
                     codes = batch["codes"]
                     latents = batch.get("latents")
-                else:
-                    with accelerator.autocast():
-                        encoded = vae.encode(batch["pixel_values"])
+                else:  # in fp32, outside autocast: the codes of extract_codes.py, validation and the pipeline
+                    encoded = vae.encode(batch["pixel_values"].float())
                     codes, latents = encoded.codes, encoded.latents.permute(0, 2, 3, 1)
                 targets = codes
                 if args.soft_labels:
@@ -1013,8 +1006,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NonFiniteLossError as err:
-        print(f"train_rq_transformer.py: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

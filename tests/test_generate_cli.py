@@ -40,7 +40,7 @@ def test_unconditional_and_errors(tmp_path, generate_main):
     out = str(tmp_path / "o")
     paths = generate_main(["--model_path", str(tmp_path / "u"), "--num_images", "2", "--output_dir", out])
     assert len(paths) == 3 and PIL.Image.open(paths[-1]).size == (16, 8)
-    with pytest.raises(SystemExit, match="class_labels"):
+    with pytest.raises(ValueError, match="class_labels"):
         generate_main(["--model_path", str(tmp_path / "u"), "--class_labels", "1", "--output_dir", out])
 
 

@@ -45,11 +45,11 @@ import logging
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+
+from ..models.atomic_save import atomic_save_directory
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +88,14 @@ def load_official_checkpoint(path: str, allow_pickle: bool = False, key: str = "
         raise FileNotFoundError(f"`path` must be an existing checkpoint file, got {path!r}.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not _looks_like_torch_file(path) or isinstance(err, EOFError) or "PytorchStreamReader" in str(err):
+            raise ValueError(
+                f"{path} is not a valid PyTorch checkpoint ({first_line}): it is truncated or corrupted, or not "
+                "a file written by torch.save. Download or copy it again."
+            ) from err
         if not allow_pickle:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UnsafeCheckpointError(
                 f"{path} could not be loaded with torch.load(weights_only=True): it holds Python objects "
                 f"other than tensors and plain containers ({first_line}). Loading it fully executes "
@@ -107,6 +112,15 @@ def load_official_checkpoint(path: str, allow_pickle: bool = False, key: str = "
     if bad:
         raise ValueError(f"{path}[{key!r}] must map names to tensors; not tensors: {bad[:10]}.")
     return dict(state_dict)
+
+
+def _looks_like_torch_file(path: str) -> bool:
+    """A zip archive (torch.save's format since torch 1.6) or a pickle (protocol >= 2, the legacy format)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and head[1] >= 2)
 
 
 def load_official_config(path: str) -> Dict[str, Any]:
@@ -774,7 +788,11 @@ def convert_checkpoint_dir(
         raise FileExistsError(
             f"`output_dir` {output_dir!r} exists and is not empty; pass --overwrite to replace it."
         )
-    key = "state_dict_ema" if use_ema else "state_dict"
+    if use_ema and stage2 is None:
+        raise ValueError(
+            "`--use_ema` selects the EMA weights of stage 2 (the official sampling pairs them with the plain "
+            "RQ-VAE), but nothing of stage 2 is converted here (--stage1_only, or no stage2/ folder)."
+        )
 
     config1 = load_official_config(stage1[1])
     config2 = load_official_config(stage2[1]) if stage2 else None
@@ -798,7 +816,7 @@ def convert_checkpoint_dir(
                 "depth (`shared_codebook: false`)."
             )
     vae_kwargs, vae_sd = convert_rqvae_state_dict(
-        load_official_checkpoint(stage1[0], allow_pickle, key), config1
+        load_official_checkpoint(stage1[0], allow_pickle, "state_dict"), config1
     )
     vae = build_model(RQVAEModel, vae_kwargs, vae_sd)
 
@@ -809,7 +827,7 @@ def convert_checkpoint_dir(
 
         codebook = vae_sd["quantizer.embed"][0].clone()
         tr_kwargs, tr_sd = convert_rq_transformer_state_dict(
-            load_official_checkpoint(stage2[0], allow_pickle, key),
+            load_official_checkpoint(stage2[0], allow_pickle, "state_dict_ema" if use_ema else "state_dict"),
             config2,
             codebook,
             class_names,
@@ -824,10 +842,7 @@ def convert_checkpoint_dir(
             RQTransformerForCausalImageModeling, RQTransformerConfig(**tr_kwargs), tr_sd
         )
 
-    parent = os.path.dirname(os.path.abspath(output_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".rq-hf-convert-", dir=parent)
-    try:
+    with atomic_save_directory(output_dir, replace="all") as tmp:  # all or nothing, old folder kept on failure
         if transformer is None:
             written = "rqvae"
             vae.save_pretrained(tmp)
@@ -848,12 +863,6 @@ def convert_checkpoint_dir(
         name = os.path.basename(os.path.normpath(checkpoint_dir))
         with open(os.path.join(tmp, "README.md"), "w") as fh:
             fh.write(model_card_text(name, config1, config2, tr_kwargs))
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return written
 
 
@@ -869,7 +878,8 @@ def push_folder_to_hub(folder: str, repo_id: str, private: bool = False, token: 
     return str(info)
 
 
-def _parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The converter's command-line flags."""
     parser = argparse.ArgumentParser(
         prog="python -m rq_hf.conversion.convert_original",
         description="Convert an official RQ-VAE / RQ-Transformer release folder (stage1/, stage2/) to rq-hf.",
@@ -892,7 +902,10 @@ def _parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
         "{name: id} map (e.g. the official wnid_to_idx.yaml); default: the class ids",
     )
     parser.add_argument(
-        "--use_ema", action="store_true", help="convert `state_dict_ema` instead of `state_dict`"
+        "--use_ema",
+        action="store_true",
+        help="convert stage 2's `state_dict_ema` instead of its `state_dict` (the RQ-VAE is always the plain "
+        "`state_dict`, as the official sampling uses it)",
     )
     parser.add_argument(
         "--tokenizer_dir",
@@ -904,6 +917,11 @@ def _parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
     parser.add_argument("--push_to_hub", action="store_true", help="upload the converted folder to the Hub")
     parser.add_argument("--hub_model_id", default=None, help="repository id for --push_to_hub (user/name)")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    return parser
+
+
+def _parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
@@ -933,4 +951,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..training.script_utils import run_cli
+
+    # bad flags or inputs (missing folders, corrupt or unsafe files): a usage line and the message, no traceback
+    run_cli(main, build_parser, errors=(UnsafeCheckpointError, UnsupportedCheckpointError))

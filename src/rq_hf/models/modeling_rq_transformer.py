@@ -67,6 +67,9 @@ to the weights as flat remote code.
 
 from __future__ import annotations
 
+import functools
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -150,6 +153,22 @@ class RQKeyValueCache:
     def reset(self) -> None:
         """Forget the stored tokens; the buffers are kept for reuse."""
         self.length = 0
+
+
+def _in_eval_mode(method: Callable) -> Callable:
+    """Run `method` with every submodule in eval mode (no dropout), then restore each module's own mode."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            for module, training in modes:
+                module.training = training
+
+    return wrapper
 
 
 class RQTransformerAttention(nn.Module):
@@ -257,6 +276,12 @@ class RQTransformerPreTrainedModel(RQHubMixin, PreTrainedModel):
     _no_split_modules = ["RQTransformerBlock"]
     _supports_sdpa = True
     _model_card_kind = "rq_transformer"
+    _expected_config = (
+        "model_type",
+        "rq_transformer",
+        "Load an RQ-VAE folder with RQVAEModel.from_pretrained, a pipeline folder with "
+        "RQTransformerPipeline.from_pretrained (or pass subfolder='transformer').",
+    )
 
     def _model_card_class_names(self) -> list[str] | None:
         if self.config.num_classes is None or not self.config.id2label:
@@ -374,6 +399,8 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             raise ValueError(f"`{name}` must be a torch.long tensor of shape (batch, *{shape}), got {got}.")
         if codes.dim() != 4 or tuple(codes.shape[1:]) != shape:
             raise ValueError(f"`{name}` must have shape (batch, *{shape}), got {tuple(codes.shape)}.")
+        if codes.shape[0] == 0:
+            raise ValueError(f"`{name}` must hold at least one code map, got shape {tuple(codes.shape)}.")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.vocab_size):
             raise ValueError(
                 f"`{name}` must lie in [0, {self.config.vocab_size}), got values in "
@@ -411,6 +438,14 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             raise ValueError(
                 f"`class_labels` must be given for a class-conditional model (num_classes={num_classes}), "
                 "got None."
+            )
+        names = [class_labels] if isinstance(class_labels, str) else (
+            [c for c in class_labels if isinstance(c, str)] if isinstance(class_labels, (list, tuple)) else []
+        )
+        if names:
+            raise ValueError(
+                f"`class_labels` must be class ids (integers), got class names such as {names[0]!r}: "
+                "RQTransformerPipeline resolves names (`pipe(class_labels=[...])`, `pipe.get_label_ids(...)`)."
             )
         labels = torch.as_tensor(class_labels, device=device)
         if labels.dim() == 0:
@@ -670,6 +705,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         return decoding
 
     @torch.no_grad()
+    @_in_eval_mode  # sampling never uses dropout, whatever mode the model was left in
     def generate_codes(
         self,
         batch_size: int | None = None,
@@ -757,18 +793,23 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             )
         condition = self._condition_tokens(class_labels, text_ids, batch_size, allow_null=False)
 
-        def is_number(x: object) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool)
+        def is_number(x: object) -> bool:  # Python or numpy numbers, not bools
+            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
 
         if not is_number(temperature) or not temperature > 0:
-            raise ValueError(f"`temperature` must be a number > 0, got {temperature!r}.")
-        def is_count(x: object) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+        temperature = float(temperature)
 
-        top_ks = self._per_depth("top_k", top_k, is_count, "an integer >= 1")
-        top_ps = self._per_depth("top_p", top_p, lambda p: is_number(p) and 0 < p <= 1, "a number in (0, 1]")
+        def is_count(x: object) -> bool:
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1
+
+        top_ks = [None if k is None else int(k)
+                  for k in self._per_depth("top_k", top_k, is_count, "an integer >= 1")]
+        top_ps = [None if p is None else float(p) for p in self._per_depth(
+            "top_p", top_p, lambda p: is_number(p) and 0 < p <= 1, "a number in (0, 1]")]
         if not is_number(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
+        guidance_scale = float(guidance_scale)
         guided = guidance_scale != 1.0
         if guided and self.config.condition_type == "none":
             raise ValueError(

@@ -7,6 +7,7 @@ code (never by gradient), with Laplace-smoothed cluster sizes, restarts of unuse
 k-means initialisation. Gradients reach the input through the straight-through estimator.
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,6 +16,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -226,29 +229,55 @@ class ResidualQuantizer(nn.Module):
     # ------------------------------------------------------------------ EMA / restart / k-means
     @torch.no_grad()
     def _ema_update(self, book: int, r: torch.Tensor, codes: torch.Tensor) -> None:
-        """Move codebook `book` towards the mean of the residuals `r` (N, dim) assigned to each code."""
+        """Move codebook `book` towards the mean of the residuals `r` (N, dim) assigned to each code.
+
+        Rows of `r` that hold NaN/inf are left out (said once per quantizer); statistics that are still not
+        finite (e.g. an overflow) skip the update. The codebook never takes a non-finite value.
+        """
         num_codes = self.codebook_size
-        stats = r.new_zeros(num_codes, self.dim + 1)  # [sum of assigned vectors | count], one all-reduce
-        stats[:, : self.dim].index_add_(0, codes, r)
-        stats[:, self.dim].index_add_(0, codes, r.new_ones(codes.shape[0]))
+        finite = torch.isfinite(r).all(dim=1)
+        # [sum of assigned vectors | count] per code, plus one row counting the non-finite inputs: one all-reduce
+        stats = r.new_zeros(num_codes + 1, self.dim + 1)
+        stats[:num_codes, : self.dim].index_add_(0, codes, torch.where(finite[:, None], r, 0.0))
+        stats[:num_codes, self.dim].index_add_(0, codes, finite.to(r.dtype))
+        stats[num_codes, 0] = (~finite).sum()
+        stats[num_codes, 1] = (~finite).all()  # a process without any finite row cannot offer restart vectors
         if _distributed():
             dist.all_reduce(stats, op=dist.ReduceOp.SUM)
+        stats, num_bad, num_empty = stats[:num_codes], stats[num_codes, 0], stats[num_codes, 1]
+        # one host sync; the same decisions on every process (the statistics are all-reduced)
+        num_bad, num_empty, num_nonfinite_stats = torch.stack(
+            [num_bad, num_empty, (~torch.isfinite(stats)).sum().to(r.dtype)]
+        ).tolist()
+        if num_bad or num_nonfinite_stats:
+            self._warn_non_finite(int(num_bad))
+            if num_nonfinite_stats:
+                return
         decay = self.ema_decay
         cluster_size = self.cluster_size_ema[book]
         embed_ema = self.embed_ema[book]
         cluster_size.mul_(decay).add_(stats[:, self.dim], alpha=1 - decay)
         embed_ema.mul_(decay).add_(stats[:, : self.dim], alpha=1 - decay)
 
-        if self.restart_unused_codes:
+        if self.restart_unused_codes and not num_empty:
             unused = (cluster_size < self.restart_threshold).nonzero().squeeze(1)
             if unused.numel() > 0:  # same decision on every process: the statistics are all-reduced
-                new_vectors = self._random_rows(r, unused.numel())
+                new_vectors = self._random_rows(r[finite] if num_bad else r, unused.numel())
                 embed_ema.index_copy_(0, unused, new_vectors)
                 cluster_size.index_fill_(0, unused, 1.0)
 
         total = cluster_size.sum()
         smoothed = (cluster_size + self.eps) / (total + num_codes * self.eps) * total  # Laplace smoothing
         torch.div(embed_ema, smoothed.unsqueeze(1), out=self.embed[book])
+
+    def _warn_non_finite(self, num_rows: int) -> None:
+        if not getattr(self, "_warned_non_finite", False):
+            self._warned_non_finite = True
+            logger.warning(
+                "ResidualQuantizer: %d input vector(s) with non-finite values (NaN/inf) were left out of the EMA "
+                "codebook update (said once); the codebook stays finite. Check the inputs and the learning rate.",
+                num_rows,
+            )
 
     def _random_rows(self, r: torch.Tensor, count: int) -> torch.Tensor:
         """Pick `count` random rows of `r` (noised when rows repeat): chosen on process 0, then broadcast."""
@@ -266,6 +295,15 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def _kmeans_init(self, book: int, r: torch.Tensor) -> None:
         """Initialise codebook `book` by k-means on `r` (N, dim), computed on process 0 and broadcast."""
+        finite = torch.isfinite(r).all(dim=1)
+        if not finite.all():
+            self._warn_non_finite(int((~finite).sum()))
+            r = r[finite]
+        empty = r.new_tensor([float(r.shape[0] == 0)])
+        if _distributed():
+            dist.all_reduce(empty)
+        if empty.item() > 0:  # no finite vector (on some process): initialise with a later batch
+            return
         centroids = self._random_rows(r, self.codebook_size)  # broadcast: same start everywhere
         codes = torch.empty(r.shape[0], dtype=torch.long, device=r.device)
         counts = r.new_zeros(self.codebook_size)

@@ -24,7 +24,8 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from ..models.hub_utils import RQHubMixin, copy_module_sources
+from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
+from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
 from ..models.tokenization_rq_transformer import tokenize_captions
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -258,8 +259,19 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                     f"`num_prefix_positions` must be 0 when no `image` is given, got {num_prefix_positions}."
                 )
             return None
+        if num_prefix_positions == 0:
+            raise ValueError(
+                "`num_prefix_positions` must be > 0 when an `image` is given (the number of its code positions to "
+                "keep), got 0."
+            )
         factor = self.vqvae.downsample_factor
         pixels = self.image_processor.preprocess(image, height=h * factor, width=w * factor)
+        low, high = ((float(v) + 1) / 2 for v in torch.aminmax(pixels))  # preprocess maps [0, 1] to [-1, 1]
+        if not (-0.25 <= low and high <= 1.25):  # NaN fails too; a small overshoot of resampling is fine
+            raise ValueError(
+                "`image` must be PIL images, uint8 arrays, or float arrays / tensors with values in [0, 1], got "
+                f"float values in [{low:.4g}, {high:.4g}] (divide 0..255 values by 255)."
+            )
         pixels = pixels.to(device=device, dtype=self.vqvae.dtype)
         codes = self.vqvae.encode(pixels).codes
         if codes.shape[0] == 1 and batch_size > 1:
@@ -370,25 +382,37 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ saving, loading, sharing
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, strict: bool = True, **kwargs):
         """Load a pipeline saved with `save_pretrained`: a local folder or a Hub repository id.
 
         Components load with the installed `rq_hf` classes (the code saved in the folder serves
         `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` instead). Accepts `dtype` (or a dict
         name -> dtype), `revision`, `cache_dir`, `token`, `local_files_only`; components may be passed as
-        `vqvae=` / `transformer=` / `tokenizer=`. A component whose weight file is missing, corrupt, or does not
-        match its config raises instead of leaving parameters on the meta device. The tokenizer of a
-        text-conditional pipeline loads from `tokenizer/` with transformers.
+        `vqvae=` / `transformer=` / `tokenizer=`. Loading is strict: a component whose weights do not match its
+        config (missing, unexpected or differently shaped weights) raises, naming them; `strict=False` loads a
+        changed architecture on purpose (missing weights newly initialised, unexpected ones ignored). The
+        tokenizer of a text-conditional pipeline loads from `tokenizer/` with transformers.
         """
+        prepare_pretrained_path(pretrained_model_name_or_path)
         package = cls.__module__.rsplit(".", 2)[0]
         if not package.startswith("rq_hf"):  # this class was itself loaded from a folder's code
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            return super(RQHubMixin, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = os.fspath(pretrained_model_name_or_path)
         hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if not os.path.isdir(folder):
             folder = DiffusionPipeline.download(folder, **hub_kwargs)
-        with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
-            index = json.load(f)
+        index_path = os.path.join(folder, "model_index.json")
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                index = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(
+                f"{folder!r} has no model_index.json: not a pipeline folder"
+                + (f" (it holds a {describe_folder(folder)})" if describe_folder(folder) else "")
+                + ". Load a model folder with its own class (RQVAEModel / RQTransformerForCausalImageModeling)."
+            ) from None
+        except ValueError as err:
+            raise ValueError(f"{index_path!r} is not valid JSON ({err}).") from None
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         id2label = kwargs.pop("id2label", None)
         components = {"tokenizer": kwargs.pop("tokenizer")} if "tokenizer" in kwargs else {}
@@ -402,18 +426,15 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
-            class_name = index[name][1]
+            entry = index.get(name) if isinstance(index, dict) else None
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
+                raise ValueError(f"{index_path!r} must name the `{name}` component as [module, class], got {entry!r}.")
             module = importlib.import_module(f"{package}.models.{module_file}")
             component_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
             load_kwargs = {"dtype": component_dtype} if component_dtype is not None else {}
-            component = getattr(module, class_name).from_pretrained(os.path.join(folder, name), **load_kwargs, **kwargs)
-            meta = [n for n, t in component.state_dict().items() if t.device.type == "meta"]
-            if meta:
-                raise ValueError(
-                    f"{pretrained_model_name_or_path!r}: the weights of `{name}` lack {len(meta)} tensors "
-                    f"(e.g. {meta[:3]}): the folder does not match its config or is incomplete."
-                )
-            components[name] = component
+            components[name] = getattr(module, entry[1]).from_pretrained(
+                os.path.join(folder, name), strict=strict, **load_kwargs, **kwargs
+            )
         pipe = cls(**components, id2label=id2label)
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
