@@ -68,6 +68,7 @@ to the weights as flat remote code.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, StaticLayer
 from transformers.generation.logits_process import (
@@ -956,19 +957,11 @@ class _StaticDecoding:
         return type(None), ()
 
 
-def _register_auto_classes() -> None:
-    """Make `AutoConfig`/`AutoModel` know the model (once, even if this file is imported twice)."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    if RQTransformerConfig.model_type not in CONFIG_MAPPING:
-        AutoConfig.register(RQTransformerConfig.model_type, RQTransformerConfig)
-        AutoModel.register(RQTransformerConfig, RQTransformerForCausalImageModeling)
-    # Saved folders carry this code so that `trust_remote_code=True` loads them without rq_hf installed.
-    RQTransformerConfig.register_for_auto_class()
-    RQTransformerForCausalImageModeling.register_for_auto_class("AutoModel")
-
-
-_register_auto_classes()
+# Saved folders carry this code so that `trust_remote_code=True` loads them without rq_hf installed.
+RQTransformerConfig.register_for_auto_class()
+RQTransformerForCausalImageModeling.register_for_auto_class("AutoModel")
+if __package__ == "rq_hf.models":  # not in a saved folder's flat copy, which has no rq_hf beside it
+    importlib.import_module("rq_hf.auto_registration").register_model(RQTransformerForCausalImageModeling)
 
 __all__ = [
     "RQKeyValueCache",
