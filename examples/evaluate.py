@@ -134,9 +134,10 @@ def load_or_train_classifier(args: argparse.Namespace, resolution: int, channels
     classifier = train_classifier(train.images, train.labels, num_classes=num_classes, epochs=args.classifier_epochs,
                                   generator=torch.Generator().manual_seed(args.seed))
     if path:
-        os.makedirs(output_dir, exist_ok=True)
-        torch.save({"key": key, "state_dict": classifier.state_dict()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        from rq_hf.models.atomic_save import atomic_save_file
+
+        with atomic_save_file(path) as tmp:
+            torch.save({"key": key, "state_dict": classifier.state_dict()}, tmp)
     return classifier, path
 
 

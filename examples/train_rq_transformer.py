@@ -61,7 +61,7 @@ Outputs in ``--output_dir``: the whole pipeline
 (``RQTransformerPipeline(vqvae, transformer).save_pretrained``:
 ``vqvae/``, ``transformer/``, ``model_index.json``, code, model card with the validation bits per code),
 ``checkpoint-<step>/`` folders, ``validation/`` grids and ``logs/metrics.jsonl``. ``--push_to_hub`` uploads
-the pipeline with ``pipe.push_to_hub``. Resume, the non-finite-loss guard, undecodable images and the
+that folder, model card included (not the checkpoints). Resume, the non-finite-loss guard, undecodable images and the
 ``--debug_*`` test hooks behave as in ``train_rqvae.py`` (``rq_hf.training.script_utils``).
 """
 
@@ -680,10 +680,9 @@ def main(argv: list[str] | None = None) -> str:
         make_lr_scheduler,
         make_train_dataloader,
         maybe_save_checkpoint,
-        push_to_hub,
         reduce_step_values,
         resolve_resume_checkpoint,
-        write_model_card,
+        save_and_push,
     )
 
     accelerator = make_accelerator(args)
@@ -982,10 +981,10 @@ def main(argv: list[str] | None = None) -> str:
         if args.use_ema:
             card_metrics["weights"] = f"EMA (decay {args.ema_decay})"
         pipe = RQTransformerPipeline(vqvae=vae, transformer=final_model, tokenizer=tokenizer)
-        pipe.save_pretrained(args.output_dir, metrics=card_metrics)
-        write_model_card(  # appends the training section (data, steps, flags) to the pipeline's card
-            args.output_dir,
-            title="RQ-Transformer",
+        repo_id = save_and_push(
+            pipe,
+            args,
+            metrics=card_metrics,
             description=(
                 f"Trained with rq-hf's `examples/train_rq_transformer.py` for {progress.global_step} steps "
                 f"on {source} ({'codes' if from_codes else 'images encoded on the fly'}, "
@@ -993,13 +992,10 @@ def main(argv: list[str] | None = None) -> str:
                 f"{', soft labels' if args.soft_labels else ''}), with the frozen RQ-VAE "
                 f"`{args.vqvae_model_name_or_path}`."
             ),
-            tags=["rq-transformer", "rq-hf"],
-            args=args,
         )
         logger.info("Saved the pipeline to %s", args.output_dir)
-        if args.push_to_hub:
-            repo_id = push_to_hub(pipe, args, metrics=card_metrics)  # pipe.push_to_hub: card + folder upload
-            logger.info("Pushed to the Hub: %s", repo_id)
+        if repo_id is not None:
+            logger.info("Pushed %s to the Hub: %s", args.output_dir, repo_id)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return args.output_dir

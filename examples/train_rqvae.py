@@ -216,7 +216,6 @@ def main(argv: list[str] | None = None) -> None:
         debug_hooks_after_step,
         dump_debug_state,
         guard_finite,
-        hub_repo_id,
         init_trackers,
         iterate_epochs,
         load_train_dataset,
@@ -224,10 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         make_lr_scheduler,
         make_train_dataloader,
         maybe_save_checkpoint,
-        push_to_hub,
         reduce_step_values,
         resolve_resume_checkpoint,
-        write_model_card,
+        save_and_push,
     )
 
     accelerator = make_accelerator(args)
@@ -418,28 +416,23 @@ def main(argv: list[str] | None = None) -> None:
                               progress.global_step)
         metrics.log({"val/psnr": final_psnr}, step=progress.global_step)
         metrics_for_card = {"validation PSNR (dB)": round(final_psnr, 2), "training steps": progress.global_step}
-        repo_id = hub_repo_id(args) if args.push_to_hub else None
-        unwrapped_vae.save_pretrained(args.output_dir, metrics=metrics_for_card, repo_id=repo_id)
         h, w, depth = unwrapped_vae.code_shape_for(args.resolution, args.resolution)
-        write_model_card(
-            args.output_dir,
-            title="RQ-VAE",
+        repo_id = save_and_push(
+            unwrapped_vae,
+            args,
+            metrics=metrics_for_card,
             description=(
                 f"An RQ-VAE (residual-quantized autoencoder, Lee et al. 2022) trained with rq-hf's "
                 f"`examples/train_rqvae.py` for {progress.global_step} steps on "
                 f"`{args.dataset_name or args.train_data_dir}` at {args.resolution}x{args.resolution}: "
                 f"{h}x{w}x{depth} codes from {unwrapped_vae.config.codebook_size} codes per codebook. "
                 f"Validation PSNR {final_psnr:.2f} dB. {progress.num_skipped_images} undecodable images "
-                "were skipped.\n\n```python\nfrom rq_hf import RQVAEModel\n"
-                "vae = RQVAEModel.from_pretrained(path)\n```"
+                "were skipped."
             ),
-            tags=["rq-vae", "rq-hf", "vector-quantization", "diffusers"],
-            args=args,
         )
         logger.info("Saved the model to %s (validation PSNR %.2f dB)", args.output_dir, final_psnr)
-        if args.push_to_hub:
-            push_to_hub(unwrapped_vae, args, metrics=metrics_for_card)
-            logger.info("Pushed to the Hub: %s", repo_id)
+        if repo_id is not None:
+            logger.info("Pushed %s to the Hub: %s", args.output_dir, repo_id)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

@@ -34,7 +34,7 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
             maybe_save_checkpoint(accelerator, args, progress.global_step)
             debug_hooks_after_step(args, progress.global_step)
             if progress.global_step >= schedule.max_train_steps: break
-    finish(accelerator, args, model_to_save)   # save_pretrained + card + push
+    save_and_push(model_to_save, args, metrics=..., description=...)   # save_pretrained + card + push
 
 Checkpoints are folders ``output_dir/checkpoint-<step>`` written by ``accelerator.save_state`` on every
 process into a hidden staging folder that the main process moves into place when all processes are done
@@ -87,13 +87,13 @@ __all__ = [
     "make_lr_scheduler",
     "make_train_dataloader",
     "maybe_save_checkpoint",
-    "push_to_hub",
     "reduce_step_values",
     "resolve_report_to",
     "resolve_resume_checkpoint",
     "run_cli",
+    "save_and_push",
     "save_checkpoint",
-    "write_model_card",
+    "training_card_section",
 ]
 
 logger = logging.getLogger(__name__)
@@ -813,33 +813,14 @@ def dump_debug_state(accelerator, model, output_dir: str) -> str:
 # ======================================================================================= final save / Hub
 
 
-def write_model_card(output_dir: str, *, title: str, description: str, tags: list[str],
-                     pipeline_tag: str | None = None, args: argparse.Namespace | None = None) -> str:
-    """Write (or extend) ``output_dir/README.md`` with a ``## Training`` section describing the run.
-
-    Call it after the model's ``save_pretrained`` (rq-hf models write their own card, with usage, metrics
-    and configuration): that card keeps its content and metadata and the training section is appended.
-    Without a card, a minimal one is created.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from rq_hf.models.atomic_save import atomic_save_directory
-
-    path = os.path.join(output_dir, "README.md")
-    section = f"## Training\n\n{description}\n"
+def training_card_section(description: str, args: argparse.Namespace | None = None) -> str:
+    """The `## Training` section of a trained model's card: `description`, then the flags of the run (not the
+    Hub token)."""
+    section = description.strip() + "\n"
     if args is not None:
-        flags = {k: v for k, v in sorted(vars(args).items())
-                 if k != "hub_token" and not k.startswith("debug_")}
+        flags = {k: v for k, v in sorted(vars(args).items()) if k != "hub_token"}
         section += "\nTraining flags:\n\n```json\n" + json.dumps(flags, indent=2, default=str) + "\n```\n"
-    if os.path.isfile(path):
-        card = ModelCard.load(path)
-        card.text = card.text.rstrip() + "\n\n" + section
-    else:
-        data = ModelCardData(library_name="diffusers", tags=tags, pipeline_tag=pipeline_tag)
-        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{section}")
-    with atomic_save_directory(output_dir, replace="entries") as staging:  # never a half-written card
-        card.save(os.path.join(staging, "README.md"))
-    return path
+    return section
 
 
 def hub_repo_id(args: argparse.Namespace) -> str:
@@ -847,16 +828,19 @@ def hub_repo_id(args: argparse.Namespace) -> str:
     return args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
 
 
-def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of training", **kwargs) -> str:
-    """Push ``model`` (an rq-hf model or pipeline) with its own ``push_to_hub``; returns the repo id.
-
-    The repo id is :func:`hub_repo_id`. Nothing is re-implemented: the model's ``push_to_hub`` (rq-hf's
-    ``RQHubMixin``) saves into a temporary folder with its model card and uploads it. ``kwargs`` go to it
-    (e.g. ``metrics={"PSNR (dB)": 27.1}``, listed in the card).
+def save_and_push(model, args: argparse.Namespace, *, metrics: dict[str, Any], description: str) -> str | None:
+    """Save the trained `model` (an rq-hf model or pipeline) into ``--output_dir`` with its model card, the card
+    listing `metrics` and a `## Training` section (`description` and the flags); with ``--push_to_hub``, upload
+    that folder, card included (checkpoints stay local). Returns the Hub repo id, or `None` without a push.
     """
-    repo_id = hub_repo_id(args)
-    model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message,
-                      **kwargs)
+    from rq_hf.models.hub_utils import push_folder_to_hub
+
+    repo_id = hub_repo_id(args) if args.push_to_hub else None
+    sections = {"Training": training_card_section(description, args)}
+    model.save_pretrained(args.output_dir, metrics=metrics, repo_id=repo_id, model_card_kwargs={"sections": sections})
+    if repo_id is not None:
+        push_folder_to_hub(args.output_dir, repo_id, commit_message="End of training", private=args.hub_private,
+                           token=args.hub_token)
     return repo_id
 
 
