@@ -61,8 +61,8 @@ Outputs in ``--output_dir``: the whole pipeline
 (``RQTransformerPipeline(vqvae, transformer).save_pretrained``:
 ``vqvae/``, ``transformer/``, ``model_index.json``, code, model card with the validation bits per code),
 ``checkpoint-<step>/`` folders, ``validation/`` grids and ``logs/metrics.jsonl``. ``--push_to_hub`` uploads
-that folder, model card included (not the checkpoints). Resume, the non-finite-loss guard, undecodable images and the
-``--debug_*`` test hooks behave as in ``train_rqvae.py`` (``rq_hf.training.script_utils``).
+that folder, model card included (not the checkpoints). Resume, the non-finite-loss guard and undecodable
+images behave as in ``train_rqvae.py`` (``rq_hf.training.script_utils``).
 """
 
 from __future__ import annotations
@@ -76,7 +76,6 @@ import os
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
-    add_debug_args,
     add_optimization_args,
     check_common_args,
     run_cli,
@@ -254,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--top_k", type=int, default=None, help="Top-k sampling of the validation samples.")
     val.add_argument("--top_p", type=float, default=None, help="Top-p sampling of the validation samples.")
     val.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
-    add_debug_args(parser)
     return parser
 
 
@@ -670,8 +668,6 @@ def main(argv: list[str] | None = None) -> str:
         TrainingProgress,
         compute_schedule,
         count_skipped_images,
-        debug_hooks_after_step,
-        dump_debug_state,
         guard_finite,
         init_trackers,
         iterate_epochs,
@@ -926,8 +922,6 @@ def main(argv: list[str] | None = None) -> str:
                     output = model(codes=codes, labels=targets, **condition)
                     loss = output.loss
                     values = {"image_loss": output.image_loss.detach(), "text_loss": output.text_loss.detach()}
-                if args.debug_nan_at_step == step:
-                    loss = loss * float("nan")  # test hook
                 reduced = reduce_step_values(accelerator, {"loss": loss.detach(), **values})
                 guard_finite(reduced, step, args.output_dir)  # before any update: nothing bad gets saved
                 accelerator.backward(loss)
@@ -961,7 +955,6 @@ def main(argv: list[str] | None = None) -> str:
                     )
             metrics.log(reduced, step=progress.global_step)
             maybe_save_checkpoint(accelerator, args, progress.global_step)
-            debug_hooks_after_step(args, progress.global_step)
             if progress.global_step >= schedule.max_train_steps:
                 break
     progress_bar.close()
@@ -969,8 +962,6 @@ def main(argv: list[str] | None = None) -> str:
     # ------------------------------------------------------------------ final pipeline
     accelerator.wait_for_everyone()
     final_model = eval_model()
-    if args.debug_dump_state:
-        dump_debug_state(accelerator, final_model, args.output_dir)
     if accelerator.is_main_process:
         final = validate(vae, final_model, held_out, args, progress.global_step, device, tokenizer)
         metrics.log(final, step=progress.global_step)

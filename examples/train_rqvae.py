@@ -28,7 +28,6 @@ top, reconstructions below) and ``logs/metrics.jsonl`` (every logged value, what
 
 Undecodable images are counted and skipped with a warning (``--on_decode_error raise`` stops instead).
 A non-finite loss stops the run before the optimizer step, naming the step and the last good checkpoint.
-The ``--debug_*`` flags are test hooks (see ``rq_hf.training.script_utils.add_debug_args``).
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import os
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
-    add_debug_args,
     add_optimization_args,
     check_common_args,
     run_cli,
@@ -109,7 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_validation_images", type=int, default=8,
         help="Images (the first rows of the dataset) in the validation grid and PSNR.",
     )
-    add_debug_args(parser)
     return parser
 
 
@@ -213,8 +210,6 @@ def main(argv: list[str] | None = None) -> None:
         TrainingProgress,
         compute_schedule,
         count_skipped_images,
-        debug_hooks_after_step,
-        dump_debug_state,
         guard_finite,
         init_trackers,
         iterate_epochs,
@@ -340,8 +335,6 @@ def main(argv: list[str] | None = None) -> None:
                 outputs = vae(pixel_values, return_dict=False)
                 reconstructions, _, commitment_loss, codebook_usage, perplexity = outputs
                 rec_loss = rec_fn(reconstructions.float(), pixel_values.float())
-                if args.debug_nan_at_step == step:
-                    rec_loss = rec_loss * float("nan")  # test hook
                 nll_loss = rec_loss
                 values = {"rec_loss": rec_loss.detach(), "commitment_loss": commitment_loss.detach()}
                 if lpips is not None:
@@ -402,15 +395,12 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info("step %d: validation PSNR %.2f dB", progress.global_step, reduced["val/psnr"])
             metrics.log(reduced, step=progress.global_step)
             maybe_save_checkpoint(accelerator, args, progress.global_step)
-            debug_hooks_after_step(args, progress.global_step)
             if progress.global_step >= schedule.max_train_steps:
                 break
     progress_bar.close()
 
     # ------------------------------------------------------------------ final model
     accelerator.wait_for_everyone()
-    if args.debug_dump_state:
-        dump_debug_state(accelerator, unwrapped_vae, args.output_dir)
     if accelerator.is_main_process:
         final_psnr = validate(unwrapped_vae, validation_images.to(device), args.output_dir,
                               progress.global_step)

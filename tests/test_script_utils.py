@@ -18,7 +18,6 @@ from rq_hf.training.script_utils import (
     NonFiniteLossError,
     add_bookkeeping_args,
     add_data_args,
-    add_debug_args,
     add_optimization_args,
     check_common_args,
     compute_schedule,
@@ -35,7 +34,6 @@ def parser():
     add_data_args(p)
     add_optimization_args(p, learning_rate=3e-4, adam_beta2=0.95, lr_scheduler="cosine")
     add_bookkeeping_args(p, output_dir="out")
-    add_debug_args(p)
     return p
 
 

@@ -9,7 +9,6 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
     add_data_args(parser)                   # --dataset_name, --train_data_dir, --image_column, ...
     add_optimization_args(parser, learning_rate=3e-4, adam_beta2=0.95, lr_scheduler="cosine")
     add_bookkeeping_args(parser, output_dir="rq-transformer")
-    add_debug_args(parser)
     ...script-specific flags...
     args = parser.parse_args(argv)
     check_common_args(args)
@@ -32,7 +31,6 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
         if accelerator.sync_gradients:
             progress.global_step += 1
             maybe_save_checkpoint(accelerator, args, progress.global_step)
-            debug_hooks_after_step(args, progress.global_step)
             if progress.global_step >= schedule.max_train_steps: break
     save_and_push(model_to_save, args, metrics=..., description=...)   # save_pretrained + card + push
 
@@ -53,7 +51,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -69,14 +66,11 @@ __all__ = [
     "TrainingProgress",
     "add_bookkeeping_args",
     "add_data_args",
-    "add_debug_args",
     "add_optimization_args",
     "check_common_args",
     "checkpoint_problem",
     "compute_schedule",
     "count_skipped_images",
-    "debug_hooks_after_step",
-    "dump_debug_state",
     "get_last_checkpoint",
     "guard_finite",
     "hub_repo_id",
@@ -91,6 +85,7 @@ __all__ = [
     "resolve_report_to",
     "resolve_resume_checkpoint",
     "run_cli",
+    "run_script",
     "save_and_push",
     "save_checkpoint",
     "training_card_section",
@@ -256,29 +251,6 @@ def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) ->
     group.add_argument("--hub_model_id", type=str, default=None, help="Repo id (default: output_dir's name).")
     group.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the stored login).")
     group.add_argument("--hub_private", action="store_true", help="Create the Hub repo as private.")
-    return group
-
-
-def add_debug_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the test hooks (they exist for the test-suite; a normal run never needs them).
-
-    - ``--debug_nan_at_step N``: the loss of optimisation step N becomes NaN (a deterministic way to
-      exercise the non-finite-loss guard).
-    - ``--debug_sigkill_at_step N``: after step N is done (and any checkpoint of step N written), the
-      process sends itself SIGKILL (a deterministic crash for the kill-and-resume test).
-    - ``--debug_dump_state``: at the end every process writes its model's state dict to
-      ``output_dir/debug/rank<r>.safetensors`` (to check that all processes hold the same weights and
-      codebooks).
-    """
-    group = parser.add_argument_group("test hooks")
-    group.add_argument("--debug_nan_at_step", type=int, default=None, help="Test hook: NaN loss at step N.")
-    group.add_argument(
-        "--debug_sigkill_at_step", type=int, default=None, help="Test hook: SIGKILL itself after step N."
-    )
-    group.add_argument(
-        "--debug_dump_state", action="store_true",
-        help="Test hook: every process saves its final state dict to output_dir/debug/rank<r>.safetensors.",
-    )
     return group
 
 
@@ -789,27 +761,6 @@ def count_skipped_images(accelerator, batch: Mapping[str, Any], progress: Traini
     return bool(flags[1] > 0)
 
 
-def debug_hooks_after_step(args: argparse.Namespace, global_step: int) -> None:
-    """Test hook ``--debug_sigkill_at_step``: SIGKILL this process after step ``global_step``."""
-    if getattr(args, "debug_sigkill_at_step", None) == global_step:
-        logger.warning("--debug_sigkill_at_step %d: killing this process with SIGKILL", global_step)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def dump_debug_state(accelerator, model, output_dir: str) -> str:
-    """Test hook ``--debug_dump_state``: save this process's ``model.state_dict()`` (weights AND buffers,
-    e.g. codebooks) to ``output_dir/debug/rank<r>.safetensors``; returns the path."""
-    from safetensors.torch import save_file
-
-    folder = os.path.join(output_dir, "debug")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"rank{accelerator.process_index}.safetensors")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path)
-    return path
-
-
 # ======================================================================================= final save / Hub
 
 
@@ -845,6 +796,21 @@ def save_and_push(model, args: argparse.Namespace, *, metrics: dict[str, Any], d
 
 
 # ============================================================================================ command line
+
+
+def run_script(script: str, argv: list[str]) -> None:
+    """Run ``python <script> <argv>`` in a process of its own, as a user would from a shell.
+
+    Raises ``RuntimeError`` naming the command and its exit status when it fails (its output went to the
+    terminal).
+    """
+    import shlex
+    import subprocess
+
+    command = [sys.executable, script, *argv]
+    returncode = subprocess.run(command).returncode
+    if returncode != 0:
+        raise RuntimeError(f"`{shlex.join(['python', script, *argv])}` failed with exit status {returncode}")
 
 
 def run_cli(
