@@ -91,9 +91,8 @@ def load_model(path: str, device: str) -> tuple[Any, Any | None]:
 
 def load_split(args: argparse.Namespace, split: str, label_column: str | None, resolution: int, channels: int,
                max_samples: int | None):
+    from rq_hf.data import FASHION_MNIST_HUB_ID, load_fashion_mnist, load_image_dataset
     from rq_hf.evaluation import load_image_tensors
-    from rq_hf.training import load_fashion_mnist, load_image_dataset
-    from rq_hf.training.data import FASHION_MNIST_HUB_ID
 
     if args.dataset_name == FASHION_MNIST_HUB_ID:
         dataset = load_fashion_mnist(split)

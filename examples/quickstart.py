@@ -159,7 +159,7 @@ def test_batches(num_images: int | None, batch_size: int = 250):
     """Batches of (pixel_values (B, 1, 32, 32) in [-1, 1], labels (B,)) from the Fashion-MNIST test split."""
     import torch
 
-    from rq_hf.training import ImageTransform, collate_images, load_fashion_mnist, with_image_transform
+    from rq_hf.data import ImageTransform, collate_images, load_fashion_mnist, with_image_transform
 
     dataset = load_fashion_mnist("test")
     if num_images is not None:
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     import torch
 
+    from rq_hf.data import FASHION_MNIST_CLASSES
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
-    from rq_hf.training.data import FASHION_MNIST_CLASSES
 
     pipe = RQTransformerPipeline.from_pretrained(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)

@@ -660,8 +660,8 @@ def main(argv: list[str] | None = None) -> str:
     import torch
     from tqdm.auto import tqdm
 
+    from rq_hf.data import ImageTransform, check_caption_column, collate_images, with_image_transform
     from rq_hf.models.tokenization_rq_transformer import tokenize_captions, with_bpe_dropout
-    from rq_hf.training.data import ImageTransform, check_caption_column, collate_images, with_image_transform
     from rq_hf.training.ema import make_ema_model
     from rq_hf.training.script_utils import (
         MetricsLog,
@@ -745,7 +745,6 @@ def main(argv: list[str] | None = None) -> str:
         if args.validation_split is not None:
             val_args = argparse.Namespace(**{**vars(args), "max_train_samples": None})
             held_out_rows = load_train_dataset(val_args, split=args.validation_split)
-            args.pad_to_resolution = val_args.pad_to_resolution
         else:
             dataset, held_out_rows = held_out_split(dataset, args)
         channels = vae.config.in_channels

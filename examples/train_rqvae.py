@@ -197,13 +197,13 @@ def main(argv: list[str] | None = None) -> None:
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
+    from rq_hf.data import ImageTransform, collate_images, with_image_transform
     from rq_hf.training.adversarial import (
         adaptive_weight,
         adopt_weight,
         generator_adversarial_loss,
         hinge_d_loss,
     )
-    from rq_hf.training.data import ImageTransform, collate_images, with_image_transform
     from rq_hf.training.discriminator import PatchGANDiscriminator
     from rq_hf.training.script_utils import (
         MetricsLog,

@@ -12,7 +12,7 @@ import PIL.Image
 import pytest
 import torch
 
-from rq_hf.training.data import ROW_INDEX_COLUMN, ImageTransform, collate_images, with_image_transform
+from rq_hf.data import ROW_INDEX_COLUMN, ImageTransform, collate_images, with_image_transform
 from rq_hf.training.script_utils import (
     CHECKPOINT_MANIFEST,
     NonFiniteLossError,
@@ -23,6 +23,7 @@ from rq_hf.training.script_utils import (
     compute_schedule,
     get_last_checkpoint,
     guard_finite,
+    load_train_dataset,
     resolve_report_to,
     resolve_resume_checkpoint,
     save_and_push,
@@ -90,6 +91,17 @@ def test_checkpoint_discovery_ignores_partial_saves(tmp_path):
     assert resolve_resume_checkpoint(None, str(tmp_path)) is None
     with pytest.raises(ValueError, match="--resume_from_checkpoint"):
         resolve_resume_checkpoint(str(tmp_path / "missing"), str(tmp_path))
+
+
+def test_fashion_mnist_pads_at_parse_time_and_loading_leaves_args_alone():
+    args = parser().parse_args(["--dataset_name", "fashion_mnist", "--max_train_samples", "3"])
+    check_common_args(args)
+    assert args.pad_to_resolution  # 28x28 images are padded, never resized
+    args.pad_to_resolution = False
+    before = dict(vars(args))
+    if os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        assert len(load_train_dataset(args, split="test")) == 3
+    assert vars(args) == before
 
 
 def test_guard_finite_names_step_and_checkpoint(tmp_path):

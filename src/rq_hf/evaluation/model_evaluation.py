@@ -58,7 +58,7 @@ def load_image_tensors(
     """
     from torch.utils.data import DataLoader
 
-    from ..training.data import ImageTransform, collate_images, with_image_transform
+    from ..data import ImageTransform, collate_images, with_image_transform
 
     if max_samples is not None:
         if not isinstance(max_samples, int) or max_samples < 1:

@@ -93,7 +93,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``--dataset_name`` value that loads Fashion-MNIST with :func:`rq_hf.training.load_fashion_mnist`
+#: ``--dataset_name`` value that loads Fashion-MNIST with :func:`rq_hf.data.load_fashion_mnist`
 #: (the Debian ``dataset-fashion-mnist`` files, offline; the Hub dataset elsewhere).
 FASHION_MNIST_NAME = "fashion_mnist"
 #: Trackers ``--report_to`` accepts, with the module that must be importable.
@@ -263,7 +263,11 @@ def _check_positive(args: argparse.Namespace, name: str, allow_none: bool = Fals
 
 
 def check_common_args(args: argparse.Namespace) -> None:
-    """Validate the flags added by the ``add_*_args`` helpers; raise ``ValueError`` naming the flag."""
+    """Validate the flags added by the ``add_*_args`` helpers; raise ``ValueError`` naming the flag.
+
+    ``--dataset_name fashion_mnist`` (28x28 images) also switches ``--pad_to_resolution`` on: the images are
+    padded, never resized.
+    """
     if getattr(args, "dataset_name", None) is None and getattr(args, "train_data_dir", None) is None:
         if hasattr(args, "dataset_name"):
             raise ValueError("give `--dataset_name` or `--train_data_dir`, got neither")
@@ -287,6 +291,8 @@ def check_common_args(args: argparse.Namespace) -> None:
 
 
 # ============================================================================================ accelerate
+    if _is_fashion_mnist(args) and hasattr(args, "pad_to_resolution"):
+        args.pad_to_resolution = True
 
 
 def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[str]:
@@ -405,18 +411,22 @@ class MetricsLog:
 # ============================================================================================ data
 
 
+def _is_fashion_mnist(args: argparse.Namespace) -> bool:
+    name = getattr(args, "dataset_name", None)
+    return name == FASHION_MNIST_NAME and not os.path.isdir(name)
+
+
 def load_train_dataset(args: argparse.Namespace, split: str = "train", label_column: str | None = None):
     """Load the training split named by the data flags, with ``--max_train_samples`` applied.
 
-    ``--dataset_name fashion_mnist`` uses :func:`rq_hf.training.load_fashion_mnist` (and switches
-    ``args.pad_to_resolution`` on). Errors (no source, empty dataset, missing column) are ``ValueError``s
-    from :func:`rq_hf.training.load_image_dataset` naming the flag.
+    ``--dataset_name fashion_mnist`` uses :func:`rq_hf.data.load_fashion_mnist`. Errors (no source, empty
+    dataset, missing column) are ``ValueError``s from :func:`rq_hf.data.load_image_dataset` naming the flag.
+    ``args`` is not changed.
     """
-    from rq_hf.training.data import check_image_dataset, load_fashion_mnist, load_image_dataset
+    from rq_hf.data import check_image_dataset, load_fashion_mnist, load_image_dataset
 
-    if args.dataset_name == FASHION_MNIST_NAME and not os.path.isdir(args.dataset_name):
+    if _is_fashion_mnist(args):
         dataset = load_fashion_mnist(split)
-        args.pad_to_resolution = True
         check_image_dataset(dataset, image_column=args.image_column, label_column=label_column,
                             source="fashion_mnist")
     else:
@@ -535,7 +545,7 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
     """Yield ``(epoch, batch)`` from ``progress.epoch`` on, skipping the batches a resumed run already saw.
 
     Sets the sampler's epoch (``dataloader.set_epoch``) so the shuffled order depends only on the seed and
-    the epoch, tells the dataset's :class:`~rq_hf.training.data.ImageBatchTransform` the epoch (its seeded
+    the epoch, tells the dataset's :class:`~rq_hf.data.ImageBatchTransform` the epoch (its seeded
     augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed
     epoch (skipped batches are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch``
     up to date. The caller stops it (``break``) when ``max_train_steps`` is reached.
@@ -741,7 +751,7 @@ def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> Non
 
 def count_skipped_images(accelerator, batch: Mapping[str, Any], progress: TrainingProgress,
                          key: str = "pixel_values") -> bool:
-    """Account for the undecodable images of a :func:`rq_hf.training.collate_images` batch, on every process.
+    """Account for the undecodable images of a :func:`rq_hf.data.collate_images` batch, on every process.
 
     One all-reduce sums ``batch["num_skipped"]`` and the number of processes whose ``batch[key]`` is None
     (every row of their batch was dropped); the count is added to ``progress.num_skipped_images`` with a
