@@ -363,10 +363,7 @@ def build_transformer(
     from rq_hf.models.modeling_rq_transformer import RQTransformerForCausalImageModeling
 
     path = args.model_config_name_or_path
-    derived = {
-        "vocab_size": vae.config.codebook_size,
-        "code_shape": list(code_shape),
-        "code_embedding_dim": vae.config.vq_embed_dim or vae.config.latent_channels,
+    derived = {  # besides the sizes the RQ-VAE decides (`RQTransformerConfig.fill_from_vqvae`)
         "num_classes": None if id2label is None else len(id2label),
         "text_vocab_size": None if tokenizer is None else len(tokenizer),
     }
@@ -383,8 +380,12 @@ def build_transformer(
         # A trained transformer (local folder with weights, or a Hub id): fine-tune it.
         model = RQTransformerForCausalImageModeling.from_pretrained(path, dtype=torch.float32)
         config = model.config
+        try:
+            config.fill_from_vqvae(vae, code_shape)  # all set in a trained model: checks only
+        except ValueError as err:
+            raise ValueError(f"{source} (a trained transformer): {err} ({flags})") from None
         for key, value in derived.items():
-            current = list(config.code_shape) if key == "code_shape" else getattr(config, key)
+            current = getattr(config, key)
             if current != value:
                 raise ValueError(
                     f"{source} (a trained transformer) has {key}={current}, but the RQ-VAE / data / tokenizer "
@@ -420,7 +421,7 @@ def build_transformer(
         if not isinstance(base, dict):
             raise ValueError(f"{source} must hold a JSON object, got {type(base).__name__}")
     for key, value in derived.items():
-        if key in base and base[key] is not None and (list(base[key]) if key == "code_shape" else base[key]) != value:
+        if key in base and base[key] is not None and base[key] != value:
             raise ValueError(
                 f"{source}: {key}={base[key]} does not match the RQ-VAE / data / tokenizer, which need "
                 f"{key}={value} ({flags})"
@@ -447,6 +448,10 @@ def build_transformer(
     else:
         base["caption_dropout_prob"] = 0.0
     config = RQTransformerConfig.from_dict(base)
+    try:
+        config.fill_from_vqvae(vae, code_shape)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err} ({flags})") from None
     model = RQTransformerForCausalImageModeling(config)
     model.init_code_embeddings(vae, freeze=not args.train_code_embeddings)
     model.train()

@@ -225,6 +225,18 @@ def test_fine_tune_a_trained_transformer_and_push(data_dir, image_run, tmp_path,
         train.main(base_args(data_dir, tmp_path / "x", **{**overrides, "--hidden_size": "64", "--push_to_hub": None}))
 
 
+def test_config_without_rqvae_sizes_takes_them_from_the_rqvae(data_dir, tmp_path):
+    from rq_hf import RQTransformerConfig
+
+    config_dir = tmp_path / "config"  # sizes, layers and classes only, as a user writes it
+    RQTransformerConfig(hidden_size=32, num_attention_heads=2, num_spatial_layers=1, num_depth_layers=1,
+                        num_classes=2).save_pretrained(config_dir)
+    out = tmp_path / "run"
+    train.main(base_args(data_dir, out, steps=2, **{"--model_config_name_or_path": str(config_dir)}))
+    saved = json.loads((out / "transformer" / "config.json").read_text())
+    assert (saved["vocab_size"], saved["code_shape"], saved["code_embedding_dim"]) == (32, [8, 8, 2], 8)
+
+
 def test_soft_labels_run(data_dir, tmp_path):
     out = tmp_path / "soft"
     train.main(

@@ -329,6 +329,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
     exact inputs and for the mapping of the official weights."""
 
     def __init__(self, config: RQTransformerConfig) -> None:
+        config.fill_unset_sizes()  # a config built for an RQ-VAE has them (`config.fill_from_vqvae(vqvae)`)
         super().__init__(config)
         height, width, depth = config.code_shape
         hidden = config.hidden_size
