@@ -152,41 +152,26 @@ def load_model(path: str | None):
     return model
 
 
-def to_uint8(images):
-    """(B, C, H, W) in [-1, 1] -> list of PIL images."""
-    import numpy as np
-    import PIL.Image
-
-    arrays = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
-    arrays = arrays.transpose(0, 2, 3, 1)
-    return [PIL.Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a) for a in arrays]
-
-
-def psnr(images, reconstructions) -> float:
-    """Mean per-image PSNR in dB of images in [-1, 1] (compared on the [0, 1] scale)."""
-    import torch
-
-    x = (images.float().clamp(-1, 1) + 1) / 2
-    y = (reconstructions.float().clamp(-1, 1) + 1) / 2
-    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).mean())
-
-
 def validate(model, images, output_dir: str, step: int) -> float:
     """Reconstruct the validation images, save ``validation/step_<step>.png``, return the PSNR."""
     import torch
+    from diffusers.image_processor import VaeImageProcessor
     from diffusers.utils import make_image_grid
+
+    from rq_hf.evaluation import psnr
 
     was_training = model.training
     model.eval()
     with torch.no_grad():
         reconstructions = model(images, return_dict=False)[0]  # a tuple: see the training step
     model.train(was_training)
-    grid = make_image_grid(to_uint8(images) + to_uint8(reconstructions), rows=2, cols=len(images))
+    images, reconstructions = images.float(), reconstructions.float().clamp(-1, 1)
+    to_pil = VaeImageProcessor().postprocess
+    grid = make_image_grid(to_pil(images) + to_pil(reconstructions), rows=2, cols=len(images))
     folder = os.path.join(output_dir, "validation")
     os.makedirs(folder, exist_ok=True)
     grid.save(os.path.join(folder, f"step_{step:06d}.png"))
-    return psnr(images, reconstructions)
+    return float(psnr(images, reconstructions, data_range=2.0))
 
 
 def main(argv: list[str] | None = None) -> None:
