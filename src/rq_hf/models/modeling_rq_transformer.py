@@ -745,7 +745,8 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             num_prefix_positions: number of kept positions, in [0, h * w].
             callback: called as `callback(position, num_positions, codes)` after each sampled position
                 (`position` is the 0-based raster index just completed, `num_positions = h * w`, `codes` the
-                (batch, h, w, D) codes so far; positions from `num_prefix_positions` on).
+                (batch, h, w, D) codes so far; positions from `num_prefix_positions` on). When it returns `True`,
+                sampling stops there: the positions not sampled stay 0.
             text_ids: long (batch, max_text_length) caption token ids for text-conditional models (see
                 `forward`); must be None for other models.
             negative_text_ids: long (batch, max_text_length), text models with guidance only: the caption of
@@ -906,8 +907,8 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 codes[:batch_size, position, d] = sampled
                 if guided:
                     codes[batch_size:, position, d] = sampled
-            if callback is not None:
-                callback(position, num_positions, output)
+            if callback is not None and callback(position, num_positions, output) is True:
+                break
         return output.clone()
 
 
