@@ -105,7 +105,7 @@ def transformer_argv(args: argparse.Namespace, vqvae_dir: str, output_dir: str) 
         vqvae_dir,
         "--dataset_name",
         "fashion_mnist",
-        "--class_label_column",
+        "--label_column",
         "label",
         "--validation_split",
         "test",

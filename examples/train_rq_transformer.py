@@ -6,7 +6,7 @@ or ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 examples/train_rq_trans
 CPU processes. Example (the Fashion-MNIST quickstart model, offline, class-conditional)::
 
     python examples/train_rq_transformer.py --vqvae_model_name_or_path rqvae-fmnist \\
-        --dataset_name fashion_mnist --class_label_column label --validation_split test \\
+        --dataset_name fashion_mnist --label_column label --validation_split test \\
         --output_dir rq-transformer-fmnist --train_batch_size 64 --max_train_steps 700 \\
         --learning_rate 1e-3 --mixed_precision bf16
 
@@ -18,7 +18,7 @@ Data, one of:
   encoded on the fly by the frozen RQ-VAE (``--dataset_name fashion_mnist`` reads the Debian package's files
   offline and pads 28x28 to 32x32).
 
-``--class_label_column`` makes the model class-conditional; the class names of a ``ClassLabel`` column become
+``--label_column`` makes the model class-conditional; the class names of a ``ClassLabel`` column become
 the transformer config's ``id2label`` (the pipeline resolves names with them). ``--class_dropout_prob``
 (default 0.1 for class-conditional models) trains the null class used by classifier-free guidance.
 
@@ -185,10 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--codes_column", type=str, default="codes", help="Codes column of --codes_dataset.")
     data.add_argument(
-        "--class_label_column",
+        "--label_column",
+        "--class_label_column",  # its former name, kept for existing commands
+        dest="label_column",
         type=str,
         default=None,
-        help="Label column: makes the model class-conditional (class names of a ClassLabel become id2label).",
+        help="Label column: makes the model class-conditional (class names of a ClassLabel become id2label). "
+        "`--class_label_column` is its former name.",
     )
     data.add_argument(
         "--caption_column",
@@ -282,15 +285,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"`--ema_decay` must be in [0, 1), got {args.ema_decay}")
     if args.class_dropout_prob is not None and not 0.0 <= args.class_dropout_prob < 1.0:
         raise ValueError(f"`--class_dropout_prob` must be in [0, 1), got {args.class_dropout_prob}")
-    if args.class_dropout_prob and args.class_label_column is None:
+    if args.class_dropout_prob and args.label_column is None:
         raise ValueError(
             f"`--class_dropout_prob` {args.class_dropout_prob} needs a class-conditional model: give "
-            "`--class_label_column`"
+            "`--label_column`"
         )
-    if args.caption_column is not None and args.class_label_column is not None:
+    if args.caption_column is not None and args.label_column is not None:
         raise ValueError(
-            f"give `--caption_column` ({args.caption_column!r}) or `--class_label_column` "
-            f"({args.class_label_column!r}), not both: a model is text- or class-conditional"
+            f"give `--caption_column` ({args.caption_column!r}) or `--label_column` "
+            f"({args.label_column!r}), not both: a model is text- or class-conditional"
         )
     text_flags = {
         name: getattr(args, name)
@@ -354,7 +357,7 @@ def build_transformer(
     """A new model from ``SMALL_CONFIG`` / a config file or folder (+ CLI overrides), or a trained model.
 
     The vocabulary, code shape and code-embedding width must agree with the RQ-VAE and the data; the number
-    of classes with ``--class_label_column``; the text vocabulary and padding id with the caption ``tokenizer``
+    of classes with ``--label_column``; the text vocabulary and padding id with the caption ``tokenizer``
     (text-conditional models). ``ValueError`` names what disagrees. Returns ``(model, is_new)``.
     """
     import torch
@@ -372,8 +375,8 @@ def build_transformer(
         if args.max_text_length is not None:
             derived["max_text_length"] = args.max_text_length
     flags = (
-        f"--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, --class_label_column "
-        f"{args.class_label_column!r}, --caption_column {args.caption_column!r}"
+        f"--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, --label_column "
+        f"{args.label_column!r}, --caption_column {args.caption_column!r}"
     )
     source = f"`--model_config_name_or_path` {path!r}"
     if path is not None and (_is_trained_model(path) or not (os.path.isfile(path) or os.path.isdir(path))):
@@ -482,7 +485,7 @@ def class_names_of(dataset, column: str | None, flag_source: str) -> dict[int, s
         return None
     if column not in dataset.column_names:
         raise ValueError(
-            f"`--class_label_column` {column!r} is not a column of {flag_source}; available columns: "
+            f"`--label_column` {column!r} is not a column of {flag_source}; available columns: "
             f"{dataset.column_names}"
         )
     feature = dataset.features[column]
@@ -491,7 +494,7 @@ def class_names_of(dataset, column: str | None, flag_source: str) -> dict[int, s
     values = list(dataset.with_format(None)[column])
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         raise ValueError(
-            f"`--class_label_column` {column!r} must hold class ids (a ClassLabel or integers >= 0), got {feature}"
+            f"`--label_column` {column!r} must hold class ids (a ClassLabel or integers >= 0), got {feature}"
         )
     return {i: str(i) for i in range(max(values) + 1)}
 
@@ -690,7 +693,7 @@ def main(argv: list[str] | None = None) -> str:
     device = accelerator.device
     logger.info("%s", accelerator.state)
     vae = load_vqvae(args.vqvae_model_name_or_path).to(device)
-    label_column = args.class_label_column
+    label_column = args.label_column
     caption_column = args.caption_column
 
     # ------------------------------------------------------------------ data

@@ -11,7 +11,7 @@ two real CPU processes. Example (the Fashion-MNIST quickstart model, offline)::
 Loss (DESIGN.md): ``reconstruction (--reconstruction_loss mse|l1) + commitment (in the model)
 + --perceptual_weight * LPIPS (optional, needs --lpips_weights) + adaptive_weight * --disc_weight * hinge
 generator loss`` (VQGAN's adaptive weight, from step ``--disc_start``); the PatchGAN discriminator is trained
-with the hinge loss on raw logits and its own optimizer (``--discr_learning_rate``). The codebooks are EMA
+with the hinge loss on raw logits and its own optimizer (``--disc_learning_rate``). The codebooks are EMA
 buffers updated in the forward pass (all-reduced across processes), always in fp32.
 
 Without ``--model_config_name_or_path`` a tiny model for 32x32 grayscale images is built (channels
@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loss.add_argument("--disc_weight", type=float, default=0.75, help="Adversarial weight (0: no GAN).")
     loss.add_argument("--disc_start", type=int, default=0, help="Step at which the GAN terms start.")
-    loss.add_argument("--discr_learning_rate", type=float, default=1e-4, help="Discriminator learning rate.")
+    loss.add_argument(
+        "--disc_learning_rate", "--discr_learning_rate", dest="disc_learning_rate", type=float, default=1e-4,
+        help="Discriminator learning rate (`--discr_learning_rate`: diffusers' train_vqgan.py name).",
+    )
     loss.add_argument("--disc_base_channels", type=int, default=64, help="PatchGAN channels (ndf).")
     loss.add_argument(
         "--disc_num_layers", type=int, default=3,
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale_lr:
         scale = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         args.learning_rate *= scale
-        args.discr_learning_rate *= scale
+        args.disc_learning_rate *= scale
     betas = (args.adam_beta1, args.adam_beta2)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, betas=betas,
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
     if use_disc:
         discr_optimizer = torch.optim.AdamW(
-            discriminator.parameters(), lr=args.discr_learning_rate, betas=betas,
+            discriminator.parameters(), lr=args.disc_learning_rate, betas=betas,
             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
         )
         discr_lr_scheduler = make_lr_scheduler(discr_optimizer, args, schedule, accelerator.num_processes)

@@ -280,7 +280,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, image_run, tmp
 
 
 def test_clear_errors(data_dir, tmp_path):
-    with pytest.raises(ValueError, match="--class_label_column.*'species'.*available columns"):
+    with pytest.raises(ValueError, match="--label_column.*'species'.*available columns"):
         train.main(base_args(data_dir, tmp_path / "a", **{"--class_label_column": "species"}))
     reset_accelerate_state()
     bad_config = tmp_path / "config.json"
