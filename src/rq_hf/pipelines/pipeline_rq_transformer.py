@@ -21,6 +21,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..lora import RQTransformerLoraLoaderMixin
 from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
 from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
 
@@ -34,7 +35,7 @@ def _as_size(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
+class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionPipeline):
     r"""Image generation with an RQ-Transformer over the residual codes of an RQ-VAE.
 
     Args:
@@ -43,6 +44,9 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
         id2label (`dict[int, str]`, *optional*): class names of a class-conditional transformer; when given,
             they are stored in `transformer.config.id2label` (and saved with it). As in `DiTPipeline`, a name may
             list synonyms separated by commas.
+
+    LoRA adapters (`rq_hf.lora`): `load_lora_weights(folder)`, `fuse_lora()` / `unfuse_lora()`,
+    `unload_lora_weights()`.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
