@@ -261,3 +261,25 @@ def test_bad_lora_arguments_are_named(base, tmp_path):
     pipe = base_pipeline(base)
     with pytest.raises(ValueError, match="must be a LoRA adapter folder"):
         pipe.load_lora_weights(str(base / "pipeline" / "transformer"))
+
+
+def test_memory_of_a_lora_fine_tune_on_the_meta_device(capsys):
+    """rq_hf.training.memory sizes a LoRA model: only the adapters get gradients and optimizer state; the
+    benchmark's --lora-rank path runs (one GPU: the DDP row only)."""
+    from rq_hf.training.memory import memory_per_device
+
+    bench = load_example("../benchmarks/bench_memory")
+    config = tiny_transformer().config
+    full = bench.profile(config, 2, hard_labels=True)
+    lora = bench.profile(config, 2, hard_labels=True, lora_rank=2)
+    with torch.device("meta"):
+        expected = add_lora_adapter(RQTransformerForCausalImageModeling(config), 2, 4)
+    adapters = sum(p.numel() for n, p in expected.named_parameters() if "lora_" in n)
+    assert lora.num_trainable_parameters == adapters == 2 * 2 * (4 * (16 + 16) + (16 + 64) + (64 + 16))  # 2 blocks, r 2
+    assert lora.num_parameters == full.num_parameters + adapters
+    one_gpu_full, one_gpu_lora = memory_per_device(full, "ddp", 1), memory_per_device(lora, "ddp", 1)
+    assert one_gpu_lora.optimizer_state == 8 * adapters and one_gpu_lora.gradients == 8 * adapters
+    assert one_gpu_lora.total < one_gpu_full.total
+    bench.main(["--quick", "--num-gpus", "1", "--lora-rank", "2"])
+    table = capsys.readouterr().out
+    assert "LoRA rank 2" in table and "| DDP |" in table and "FSDP" not in table
