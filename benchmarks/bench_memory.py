@@ -104,7 +104,8 @@ def main(argv: List[str] | None = None) -> None:
                 + " |"
             )
     header = (
-        f"Training memory per GPU in {unit}, {args.num_gpus} GPUs, bf16 compute with fp32 master weights, AdamW, "
+        f"Training memory per GPU in {unit}, {args.num_gpus} GPU{'s' if args.num_gpus > 1 else ''}, "
+        "bf16 compute with fp32 master weights, AdamW, "
         f"{'code' if args.hard_labels else 'soft'} targets, code embeddings frozen"
         f"{f', LoRA rank {args.lora_rank} (only the adapters train)' if args.lora_rank else ''}; computed on the meta "
         f"device from the modules (torch {torch.__version__})."
