@@ -172,6 +172,22 @@ def test_fuse_and_unfuse_round_trip(base, lora_run):
     torch.testing.assert_close(logits(pipe.transformer), base_logits, rtol=1e-5, atol=1e-4)
 
 
+def test_a_fused_adapter_saves_as_a_plain_pipeline(base, lora_run, tmp_path):
+    pipe = base_pipeline(base)
+    pipe.save_pretrained(str(tmp_path / "merged"))  # the base first, then a refused save: the folder stays intact
+    pipe.load_lora_weights(str(lora_run))
+    adapted = logits(pipe.transformer)
+    before = sha(tmp_path / "merged" / "transformer" / "model.safetensors")
+    with pytest.raises(ValueError, match=r"`save_pretrained` needs a pipeline without LoRA layers"):
+        pipe.save_pretrained(str(tmp_path / "merged"))
+    assert sha(tmp_path / "merged" / "transformer" / "model.safetensors") == before
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(str(tmp_path / "merged"))
+    merged = RQTransformerPipeline.from_pretrained(str(tmp_path / "merged"))  # strict: the model's own weight names
+    torch.testing.assert_close(logits(merged.transformer), adapted, rtol=1e-5, atol=1e-4)
+
+
 def test_checkpoints_hold_the_adapter_and_resume(base, lora_run, tmp_path):
     checkpoint = lora_run / "checkpoint-4"
     assert (checkpoint / CHECKPOINT_ADAPTER_DIR / "adapter_model.safetensors").is_file()

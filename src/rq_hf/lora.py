@@ -132,6 +132,7 @@ class RQTransformerLoraLoaderMixin(LoraBaseMixin):
     images = pipe(class_labels=[3]).images       # base + adapter
     pipe.fuse_lora()                             # merge into the weights (faster sampling); unfuse_lora() undoes it
     pipe.unload_lora_weights()                   # back to the base model (after fuse_lora: keeps the fused weights)
+    pipe.save_pretrained("merged")               # refused while LoRA layers are loaded
     ```
     """
 
@@ -146,7 +147,27 @@ class RQTransformerLoraLoaderMixin(LoraBaseMixin):
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "adapter_config.json")):
             raise ValueError(f"`pretrained_model_name_or_path` must be a LoRA adapter folder (with "
                              f"adapter_config.json), got {path!r}")
-        self.transformer.load_adapter(path, adapter_name=adapter_name, **kwargs)
+        transformer = self.transformer
+        # load_adapter leaves the adapter's key renaming as the model's save-time conversions: keep the model's own
+        # so that a fused and unloaded model saves under its own weight names
+        missing = object()
+        conversions = transformer.__dict__.get("_weight_conversions", missing)
+        transformer.load_adapter(path, adapter_name=adapter_name, **kwargs)
+        if conversions is missing:
+            transformer.__dict__.pop("_weight_conversions", None)
+        else:
+            transformer._weight_conversions = conversions
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """Refuse to save while LoRA layers are loaded (the transformer would be saved as an adapter only)."""
+        adapters = list(getattr(self.transformer, "peft_config", None) or {})
+        if adapters:
+            raise ValueError(
+                f"`save_pretrained` needs a pipeline without LoRA layers, got adapters {adapters}: call `fuse_lora()` "
+                "then `unload_lora_weights()` to save the merged weights, or `unload_lora_weights()` to save the base "
+                "(the adapter folder holds the adapter)."
+            )
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def fuse_lora(self, components: Sequence[str] = ("transformer",), lora_scale: float = 1.0,
                   safe_fusing: bool = False, adapter_names: list[str] | None = None, **kwargs) -> None:
