@@ -9,7 +9,8 @@ wrapper that runs the script as `__main__` (also under `torchrun`):
   (`guard_finite`), so the run stops there as after a real NaN;
 - `sigkill_after_step`: the process kills itself with SIGKILL once step N is done, its checkpoint included;
 - `dump_state_to`: at `accelerator.end_training()` every process saves the state dict (weights and buffers) of
-  its first prepared model to `DIR/rank<r>.safetensors`.
+  its first prepared model (of its base model, with the LoRA layers, for a peft model) to
+  `DIR/rank<r>.safetensors`.
 """
 
 import argparse
@@ -51,6 +52,8 @@ def inject(setattr_: Callable, nan_at_step=None, sigkill_after_step=None, dump_s
 
         def dump_then_end(self):
             model = self.unwrap_model(self._models[0])
+            if hasattr(model, "get_base_model"):  # a peft model: the transformer with its LoRA layers
+                model = model.get_base_model()
             os.makedirs(dump_state_to, exist_ok=True)
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_file(state, os.path.join(dump_state_to, f"rank{self.process_index}.safetensors"))

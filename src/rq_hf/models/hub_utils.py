@@ -57,12 +57,19 @@ from rq_hf import RQTransformerForCausalImageModeling
 model = RQTransformerForCausalImageModeling.from_pretrained("{repo_id}")
 codes = model.generate_codes({call_args}generator=torch.Generator().manual_seed(0))
 ```""",
+    "lora": """```python
+from rq_hf import RQTransformerPipeline
+
+pipe = RQTransformerPipeline.from_pretrained(BASE_PIPELINE)  # the pipeline of the base transformer
+pipe.load_lora_weights("{repo_id}")
+```""",
 }
 
 _TITLES = {
     "pipeline": "RQ-Transformer image generation pipeline",
     "rqvae": "RQ-VAE image tokenizer",
     "rq_transformer": "RQ-Transformer",
+    "lora": "LoRA adapter of an RQ-Transformer",
 }
 
 
@@ -82,7 +89,7 @@ def build_model_card(
     """Build the model card (``README.md``) of an rq-hf model or pipeline.
 
     Args:
-        kind: ``"pipeline"``, ``"rqvae"`` or ``"rq_transformer"``.
+        kind: ``"pipeline"``, ``"rqvae"``, ``"rq_transformer"`` or ``"lora"`` (an adapter folder).
         config: the configuration shown in the card (JSON-serialisable values).
         repo_id: the Hub id used in the usage snippet (a placeholder when ``None``).
         class_names: class names of a class-conditional model, in class-id order.
