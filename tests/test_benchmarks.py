@@ -53,7 +53,9 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     assert markdown.count("|---") >= 7  # machine + five benchmark tables + the sampling breakdown
 
     summary = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert set(summary["results"]) == {"quantizer", "sampling", "training_step", "memory", "memory_lora", "loading"}
+    assert set(summary["results"]) == {"quantizer", "sampling", "training_step", "memory", "memory_lora", "loading",
+                                       "cold_start"}
+    assert "| `python examples/train_rqvae.py --help` |" in markdown
     rows = summary["results"]["training_step"]["json"]["rows"]
     for row in rows:
         # same weights, batch and random draws: both loops compute the same first loss (fp32 and bf16 autocast)
