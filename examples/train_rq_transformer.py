@@ -704,7 +704,6 @@ def main(argv: list[str] | None = None) -> str:
     from rq_hf.training.ema import make_ema_model
     from rq_hf.training.script_utils import (
         MetricsLog,
-        TrainingProgress,
         compute_schedule,
         count_skipped_images,
         guard_finite,
@@ -716,7 +715,7 @@ def main(argv: list[str] | None = None) -> str:
         make_train_dataloader,
         maybe_save_checkpoint,
         reduce_step_values,
-        resolve_resume_checkpoint,
+        resume_training,
         save_and_push,
         training_card_section,
     )
@@ -892,20 +891,8 @@ def main(argv: list[str] | None = None) -> str:
     if args.use_ema:
         ema = make_ema_model(unwrapped, decay=args.ema_decay).to(device)
 
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)  # an nn.Module: saved and restored with the state
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_path is not None:
-        logger.info("Resuming from %s", resume_path)
-        accelerator.load_state(resume_path)
-        logger.info(
-            "Resumed at step %d (epoch %d, batch %d)",
-            progress.global_step,
-            progress.epoch,
-            progress.batches_in_epoch,
-        )
+    # step 0, or where --resume_from_checkpoint left off; the EMA model is saved and restored with the state
+    progress = resume_training(accelerator, args, *([ema] if ema is not None else []))
 
     init_trackers(accelerator, args, "train_rq_transformer")
     metrics = MetricsLog(accelerator, args.output_dir, args.logging_dir)

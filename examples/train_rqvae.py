@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     from rq_hf.training.discriminator import PatchGANDiscriminator
     from rq_hf.training.script_utils import (
         MetricsLog,
-        TrainingProgress,
         compute_schedule,
         count_skipped_images,
         guard_finite,
@@ -207,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         make_train_dataloader,
         maybe_save_checkpoint,
         reduce_step_values,
-        resolve_resume_checkpoint,
+        resume_training,
         save_and_push,
     )
 
@@ -282,14 +281,7 @@ def main(argv: list[str] | None = None) -> None:
     last_layer = unwrapped_vae.decoder.conv_out.weight
     trained_models = [vae, discriminator] if use_disc else [vae]
 
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_path is not None:
-        logger.info("Resuming from %s", resume_path)
-        accelerator.load_state(resume_path)
-        logger.info("Resumed at step %d (epoch %d, batch %d)", progress.global_step, progress.epoch,
-                    progress.batches_in_epoch)
+    progress = resume_training(accelerator, args)  # step 0, or where --resume_from_checkpoint left off
 
     init_trackers(accelerator, args, "train_rqvae")
     metrics = MetricsLog(accelerator, args.output_dir, args.logging_dir)

@@ -14,14 +14,11 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
     check_common_args(args)
 
     accelerator = make_accelerator(args)           # seeds too; seedable, epoch-dependent shuffling
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
     loader = accelerator.prepare(make_train_dataloader(dataset, args, collate_fn))
     schedule = compute_schedule(len(loader), args)  # after prepare: the loader is sharded
     lr_scheduler = make_lr_scheduler(optimizer, args, schedule, accelerator.num_processes)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_path: accelerator.load_state(resume_path)   # restores progress too
+    progress = resume_training(accelerator, args)  # a new TrainingProgress, or the checkpoint's
     init_trackers(accelerator, args, "rq-transformer")
     for epoch, batch in iterate_epochs(loader, progress, schedule):   # resumes mid-epoch exactly
         ...
@@ -84,6 +81,7 @@ __all__ = [
     "reduce_step_values",
     "resolve_report_to",
     "resolve_resume_checkpoint",
+    "resume_training",
     "run_cli",
     "run_script",
     "save_and_push",
@@ -644,6 +642,22 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
             f"({problem})"
         )
     return resume_from_checkpoint
+
+
+def resume_training(accelerator, args: argparse.Namespace, *state: Any) -> TrainingProgress:
+    """A new :class:`TrainingProgress`, registered for checkpointing together with ``state`` (e.g. an EMA model),
+    and restored with them from ``--resume_from_checkpoint`` when given: the run continues at the saved step,
+    epoch and batch."""
+    progress = TrainingProgress()
+    for obj in (progress, *state):
+        accelerator.register_for_checkpointing(obj)
+    path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if path is not None:
+        logger.info("Resuming from %s", path)
+        accelerator.load_state(path)
+        logger.info("Resumed at step %d (epoch %d, batch %d)", progress.global_step, progress.epoch,
+                    progress.batches_in_epoch)
+    return progress
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
