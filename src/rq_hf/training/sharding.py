@@ -1,0 +1,188 @@
+"""Sharded training with accelerate's engines (FSDP, DeepSpeed ZeRO) for the training scripts.
+
+A script runs sharded when it is launched with an accelerate config that asks for it (the examples are in
+``examples/configs/``)::
+
+    accelerate launch --config_file examples/configs/fsdp.yaml --num_processes 8 \\
+        examples/train_rq_transformer.py --vqvae_model_name_or_path ... --output_dir ...
+
+Everything else stays as in a data-parallel run: ``accelerator.save_state`` writes sharded checkpoints (FSDP:
+one ``torch.distributed.checkpoint`` shard per process in ``pytorch_model_fsdp_0/`` and ``optimizer_0/``;
+DeepSpeed: its own folder) into the usual ``checkpoint-<step>`` folders with their manifest
+(``rq_hf.training.script_utils.save_checkpoint``), and ``--resume_from_checkpoint latest`` reloads them.
+This module holds what sharding changes:
+
+- :func:`enable_fsdp_on_cpu`: accelerate turns FSDP on only for accelerator devices; with CPU processes it
+  would silently fall back to plain data parallelism. Torch's FSDP2 shards over gloo, so it is switched on.
+- :func:`configure_sharding`: before ``accelerator.prepare(model)``: frozen parts of the model (the frozen
+  code embeddings) are left out of the sharding (whole and fp32 on every process), the wrap unit defaults to
+  the model's ``_no_split_modules`` (the transformer blocks), and flags that do not work sharded are refused.
+- :func:`full_model_on_main`: the whole model on the main process for validation and the final
+  ``save_pretrained`` (``accelerator.get_state_dict`` gathers the shards; a collective call).
+
+The frozen RQ-VAE (and its quantizer) of stage 2 is never given to ``accelerator.prepare``: it stays whole,
+fp32 and outside the engine on every process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["configure_sharding", "enable_fsdp_on_cpu", "full_model_on_main", "is_sharded", "scalar"]
+
+
+def is_sharded(accelerator) -> bool:
+    """True when the model is sharded over the processes (FSDP or DeepSpeed)."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def enable_fsdp_on_cpu(accelerator) -> bool:
+    """Switch FSDP2 on for CPU processes launched with an FSDP accelerate config; True when it did.
+
+    accelerate (1.15) enables FSDP only on accelerator devices: CPU processes started with an FSDP config
+    end up in plain data parallelism (``MULTI_CPU``, every process holding the whole model and optimizer),
+    without a word. Torch's FSDP2 (``fully_shard``) shards over gloo, so this sets accelerate's state to
+    FSDP with the plugin that the config's environment describes (as accelerate builds it on a GPU).
+    Call it right after building the ``Accelerator``, before any ``prepare``.
+
+    Raises:
+        ValueError: the config asks for FSDP1 (``fsdp_version: 1``), which is not used on CPU here, or the
+            processes were started without ``ACCELERATE_USE_CPU=true`` on a machine without GPUs (then
+            accelerate does not initialise the process group and every process believes it is alone).
+    """
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return False
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.distributed_type == DistributedType.NO and world_size > 1:
+        raise ValueError(
+            f"an FSDP accelerate config started {world_size} processes, but accelerate sees one process "
+            "(no GPU found): on CPU processes set ACCELERATE_USE_CPU=true, e.g. "
+            "`ACCELERATE_USE_CPU=true accelerate launch --config_file examples/configs/fsdp.yaml ...`"
+        )
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* environment of the config, as accelerate does
+    if plugin.fsdp_version != 2:
+        raise ValueError(
+            f"FSDP on CPU processes needs FSDP2: `fsdp_version` in the accelerate config must be 2, got "
+            f"{plugin.fsdp_version}"
+        )
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    # AcceleratorState copies PartialState's fields whenever it is built again (prepare does): set both.
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    logger.info("FSDP2 on %d CPU processes (gloo)", accelerator.num_processes)
+    return True
+
+
+def _frozen_submodules(model) -> list:
+    """The outermost submodules whose parameters are all frozen (e.g. the frozen code embeddings)."""
+    frozen, seen = [], set()
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix + ".") for prefix in seen):
+            continue
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            frozen.append(module)
+            seen.add(name)
+    return frozen
+
+
+def configure_sharding(accelerator, model, args: argparse.Namespace | None = None) -> None:
+    """Adapt accelerate's FSDP plugin to ``model`` before ``accelerator.prepare(model)``; no-op unsharded.
+
+    - Frozen submodules (all parameters ``requires_grad=False``, e.g. the code embeddings copied from the
+      RQ-VAE codebook) become the plugin's ``ignored_modules`` when the config names none: they stay whole
+      and fp32 on every process, outside the sharding and outside FSDP's mixed-precision cast.
+    - Without ``fsdp_transformer_layer_cls_to_wrap`` in the config, the wrap unit is the model's
+      ``_no_split_modules`` (``RQTransformerBlock`` for the RQ-Transformer).
+    - ``--use_ema`` is refused (``ValueError``): the EMA copy would hold the whole model on every process.
+
+    DeepSpeed needs nothing here: the frozen parameters get no optimizer state, and the config files set
+    the partitioning.
+    """
+    from accelerate.utils import DistributedType
+
+    if not is_sharded(accelerator):
+        return
+    if args is not None and getattr(args, "use_ema", False):
+        raise ValueError(
+            f"`--use_ema` is not supported with sharded training ({accelerator.distributed_type.value}): the "
+            "EMA copy would hold the whole model on every process; drop --use_ema or train data-parallel"
+        )
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.ignored_modules is None:
+        frozen = _frozen_submodules(model)
+        if frozen:
+            plugin.ignored_modules = frozen
+    blocks = getattr(model, "_no_split_modules", None)
+    if plugin.transformer_cls_names_to_wrap is None and blocks:
+        plugin.transformer_cls_names_to_wrap = list(blocks)
+        if plugin.auto_wrap_policy is None:
+            plugin.auto_wrap_policy = "transformer_based_wrap"
+
+
+def _plain_class(model) -> type:
+    """The model's own class (FSDP2 swaps in a subclass ``FSDP<Class>``)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return type(model)
+    return next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+
+
+def full_model_on_main(accelerator, model, unsharded):
+    """The whole model for validation and ``save_pretrained`` on the main process.
+
+    Not sharded: ``unsharded`` (the unwrapped model, or its EMA) is returned as it is, without any
+    communication. Sharded: ``accelerator.get_state_dict(model)`` gathers the weights (a collective: call it
+    on EVERY process) and the main process loads them into a fresh fp32 model of the same class and config
+    (built on the meta device, so the gathered weights are the only full copy); the other processes get
+    None. The copy is in the training mode of ``model``.
+    """
+    import torch
+
+    if not is_sharded(accelerator):
+        return unsharded
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return None
+    inner = accelerator.unwrap_model(model)
+    cls = _plain_class(inner)
+    with torch.device("meta"):
+        if hasattr(cls, "from_config") and not hasattr(cls, "config_class"):  # diffusers ModelMixin
+            plain = cls.from_config(inner.config)
+        else:  # transformers PreTrainedModel
+            plain = cls(copy.deepcopy(inner.config))
+    plain.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                          strict=True, assign=True)
+    left = [name for name, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"the gathered state dict of {cls.__name__} did not fill {left[:5]}")
+    for name, parameter in inner.named_parameters():  # frozen stays frozen (the card and a resume read it)
+        plain.get_parameter(name).requires_grad_(parameter.requires_grad)
+    return plain.train(inner.training)
+
+
+def scalar(value) -> float:
+    """A Python float from a number, a tensor or a DTensor (FSDP2's gradient norm); NaN for None."""
+    if value is None:
+        return float("nan")
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)

@@ -1,0 +1,166 @@
+"""Sharded training: examples/train_rq_transformer.py under `accelerate launch` with an FSDP2 config, on two
+CPU processes (gloo). A tiny RQ-VAE and transformer; each launch takes several seconds.
+
+Checked: the checkpoint holds one shard per process, a run killed after its checkpoint resumes
+(`--resume_from_checkpoint latest`) to the weights and losses of an uninterrupted run, and the final folder is
+the usual pipeline (`from_pretrained` loads it; the frozen code embeddings are still the RQ-VAE codebook).
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from script_helpers import TINY_RQVAE, flags_to_argv, read_metrics, save_blob_dataset
+
+from rq_hf.training.script_utils import CHECKPOINT_MANIFEST, checkpoint_problem
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "examples", "train_rq_transformer.py")
+ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
+
+#: The shipped FSDP config with what a 2-process CPU test needs changed (fp32: bf16 sums differ by order).
+CPU_CONFIG = (
+    "compute_environment: LOCAL_MACHINE\n"
+    "distributed_type: FSDP\n"
+    "fsdp_config:\n"
+    "  fsdp_version: 2\n"
+    "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
+    "  fsdp_transformer_layer_cls_to_wrap: RQTransformerBlock\n"
+    "  fsdp_state_dict_type: SHARDED_STATE_DICT\n"
+    "  fsdp_reshard_after_forward: true\n"
+    "mixed_precision: 'no'\n"
+    "num_machines: 1\n"
+    "num_processes: 2\n"
+    "use_cpu: false\n"
+)
+
+
+def cpu_fsdp_missing() -> str | None:
+    """What this installation lacks to shard on two CPU processes, or None."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        return "torch.distributed with the gloo backend"
+    if importlib.util.find_spec("torch.distributed.fsdp") is None:
+        return "torch.distributed.fsdp"
+    from torch.distributed import fsdp
+
+    if not hasattr(fsdp, "fully_shard"):
+        return f"FSDP2 (torch.distributed.fsdp.fully_shard; torch {torch.__version__})"
+    import accelerate
+    from accelerate import FullyShardedDataParallelPlugin
+
+    if "fsdp_version" not in FullyShardedDataParallelPlugin.__dataclass_fields__:
+        return f"FSDP2 in accelerate's FSDP plugin (accelerate {accelerate.__version__})"
+    if not os.path.isfile(ACCELERATE):
+        return f"the `accelerate` launcher beside {sys.executable}"
+    return None
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(cpu_fsdp_missing() is not None, reason=f"needs {cpu_fsdp_missing()}"),
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from rq_hf.models.autoencoder_rqvae import RQVAEModel
+
+    root = tmp_path_factory.mktemp("fsdp")
+    torch.manual_seed(0)
+    RQVAEModel(**TINY_RQVAE).save_pretrained(str(root / "vae"))
+    save_blob_dataset(root / "images", n=32)
+    (root / "fsdp.yaml").write_text(CPU_CONFIG)
+    return root
+
+
+def launch(root, output_dir, **extra):
+    flags = {
+        "--vqvae_model_name_or_path": str(root / "vae"),
+        "--dataset_name": str(root / "images"),
+        "--class_label_column": "label",
+        "--resolution": "16",
+        "--hidden_size": "32",
+        "--num_attention_heads": "2",
+        "--num_spatial_layers": "2",
+        "--train_batch_size": "4",
+        "--max_train_steps": "6",
+        "--learning_rate": "3e-3",
+        "--lr_warmup_steps": "2",
+        "--checkpointing_steps": "3",
+        "--validation_steps": "3",  # a mid-run validation: the shards are gathered on every process
+        "--validation_fraction": "0.25",
+        "--num_validation_images": "1",
+        "--report_to": "none",
+        "--output_dir": str(output_dir),
+        "--seed": "0",
+        **extra,
+    }
+    port = str(29800 + os.getpid() % 150 + 50 * ("--resume_from_checkpoint" in extra))
+    cmd = [ACCELERATE, "launch", "--config_file", str(root / "fsdp.yaml"), "--main_process_port", port,
+           SCRIPT, *flags_to_argv(flags)]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", PYTHONPATH=os.path.join(REPO, "src"))
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def losses(output_dir):
+    return {m["step"]: m["loss"] for m in read_metrics(output_dir) if "loss" in m}
+
+
+@pytest.fixture(scope="module")
+def full_run(setup):
+    out = setup / "full"
+    proc = launch(setup, out)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return out
+
+
+def test_sharded_checkpoint_has_one_shard_per_process_and_a_manifest(full_run):
+    checkpoint = full_run / "checkpoint-3"
+    assert checkpoint_problem(str(checkpoint)) is None
+    manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())["files"]
+    for folder in ("pytorch_model_fsdp_0", "optimizer_0"):  # torch.distributed.checkpoint: a file per rank
+        assert {f"{folder}/__0_0.distcp", f"{folder}/__1_0.distcp", f"{folder}/.metadata"} <= set(manifest)
+    assert not (checkpoint / "model.safetensors").exists()  # no gathered copy in the checkpoint
+    assert sorted(losses(full_run)) == list(range(1, 7))
+
+
+def test_final_folder_is_the_usual_pipeline_and_code_embeddings_stay_the_codebook(full_run, setup):
+    from rq_hf.models.autoencoder_rqvae import RQVAEModel
+    from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
+
+    assert (full_run / "transformer" / "model.safetensors").is_file()
+    pipe = RQTransformerPipeline.from_pretrained(str(full_run))
+    transformer = pipe.transformer
+    assert transformer.config.num_spatial_layers == 2 and transformer.dtype == torch.float32
+    codebook = RQVAEModel.from_pretrained(str(setup / "vae")).quantizer.codebook(0)
+    torch.testing.assert_close(transformer.code_embeddings.weight, codebook, rtol=0, atol=0)  # frozen, whole
+    images = pipe(class_labels=[0, 1], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
+
+
+def test_killed_run_resumes_from_the_sharded_checkpoint_to_the_same_weights(full_run, setup):
+    out = setup / "killed"
+    proc = launch(setup, out, **{"--debug_sigkill_at_step": "3"})
+    assert proc.returncode != 0 and (out / "checkpoint-3").is_dir(), proc.stderr[-3000:]
+    assert not (out / "model_index.json").exists()
+    proc = launch(setup, out, **{"--resume_from_checkpoint": "latest"})
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "Resuming from" in proc.stderr and "checkpoint-3" in proc.stderr
+    steps = [m["step"] for m in read_metrics(out) if "loss" in m]
+    assert steps == list(range(1, 7))  # 1..3 before the kill, 4..6 after
+    full, again = losses(full_run), losses(out)
+    np.testing.assert_allclose([again[s] for s in (4, 5, 6)], [full[s] for s in (4, 5, 6)], rtol=1e-5)
+    a = load_file(str(full_run / "transformer" / "model.safetensors"))
+    b = load_file(str(out / "transformer" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
