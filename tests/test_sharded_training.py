@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from script_helpers import TINY_RQVAE, flags_to_argv, read_metrics, save_blob_dataset
 
@@ -24,21 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_rq_transformer.py")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
-#: The shipped FSDP config with what a 2-process CPU test needs changed (fp32: bf16 sums differ by order).
-CPU_CONFIG = (
-    "compute_environment: LOCAL_MACHINE\n"
-    "distributed_type: FSDP\n"
-    "fsdp_config:\n"
-    "  fsdp_version: 2\n"
-    "  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP\n"
-    "  fsdp_transformer_layer_cls_to_wrap: RQTransformerBlock\n"
-    "  fsdp_state_dict_type: SHARDED_STATE_DICT\n"
-    "  fsdp_reshard_after_forward: true\n"
-    "mixed_precision: 'no'\n"
-    "num_machines: 1\n"
-    "num_processes: 2\n"
-    "use_cpu: false\n"
-)
+CONFIG = os.path.join(REPO, "examples", "configs", "fsdp.yaml")
 
 
 def cpu_fsdp_missing() -> str | None:
@@ -77,7 +64,10 @@ def setup(tmp_path_factory):
     torch.manual_seed(0)
     RQVAEModel(**TINY_RQVAE).save_pretrained(str(root / "vae"))
     save_blob_dataset(root / "images", n=32)
-    (root / "fsdp.yaml").write_text(CPU_CONFIG)
+    with open(CONFIG) as f:  # the shipped config, on 2 processes, in fp32 (bf16 sums differ with the order)
+        config = yaml.safe_load(f)
+    config.update(num_processes=2, mixed_precision="no")
+    (root / "fsdp.yaml").write_text(yaml.safe_dump(config))
     return root
 
 
@@ -130,6 +120,13 @@ def test_sharded_checkpoint_has_one_shard_per_process_and_a_manifest(full_run):
     for folder in ("pytorch_model_fsdp_0", "optimizer_0"):  # torch.distributed.checkpoint: a file per rank
         assert {f"{folder}/__0_0.distcp", f"{folder}/__1_0.distcp", f"{folder}/.metadata"} <= set(manifest)
     assert not (checkpoint / "model.safetensors").exists()  # no gathered copy in the checkpoint
+    import torch.distributed.checkpoint as dcp
+
+    chunks = {key: [tuple(c.sizes) for c in meta.chunks] for key, meta in
+              dcp.FileSystemReader(str(checkpoint / "pytorch_model_fsdp_0")).read_metadata().state_dict_metadata.items()}
+    assert chunks["model.spatial_transformer.layers.0.mlp.fc_in.weight"] == [(64, 32), (64, 32)]  # halves
+    assert chunks["model.output_proj.weight"] == [(16, 32), (16, 32)]
+    assert chunks["model.code_embeddings.weight"] == [(32, 8)]  # frozen: left out of the sharding, whole
     assert sorted(losses(full_run)) == list(range(1, 7))
 
 

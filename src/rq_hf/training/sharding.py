@@ -107,6 +107,7 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
     - Frozen submodules (all parameters ``requires_grad=False``, e.g. the code embeddings copied from the
       RQ-VAE codebook) become the plugin's ``ignored_modules`` when the config names none: they stay whole
       and fp32 on every process, outside the sharding and outside FSDP's mixed-precision cast.
+      (``cpu_ram_efficient_loading`` is turned off then: it would re-create the parameters and lose them.)
     - Without ``fsdp_transformer_layer_cls_to_wrap`` in the config, the wrap unit is the model's
       ``_no_split_modules`` (``RQTransformerBlock`` for the RQ-Transformer).
     - ``--use_ema`` is refused (``ValueError``): the EMA copy would hold the whole model on every process.
@@ -130,6 +131,12 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
         frozen = _frozen_submodules(model)
         if frozen:
             plugin.ignored_modules = frozen
+            if plugin.cpu_ram_efficient_loading:
+                # accelerate moves the model to the meta device and back, which makes new parameters: the
+                # ignored ones would no longer be recognised and get sharded. Every process holds the loaded
+                # model here anyway, so rank-0-only loading saves nothing.
+                logger.info("FSDP: cpu_ram_efficient_loading off (frozen modules are kept out of the sharding)")
+                plugin.cpu_ram_efficient_loading = False
     blocks = getattr(model, "_no_split_modules", None)
     if plugin.transformer_cls_names_to_wrap is None and blocks:
         plugin.transformer_cls_names_to_wrap = list(blocks)
