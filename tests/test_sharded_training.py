@@ -25,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_rq_transformer.py")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
-CONFIG = os.path.join(REPO, "examples", "configs", "fsdp.yaml")
+CONFIGS = os.path.join(REPO, "examples", "configs")
+CONFIG = os.path.join(CONFIGS, "fsdp.yaml")
 
 
 def cpu_fsdp_missing() -> str | None:
@@ -50,10 +51,7 @@ def cpu_fsdp_missing() -> str | None:
     return None
 
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(cpu_fsdp_missing() is not None, reason=f"needs {cpu_fsdp_missing()}"),
-]
+needs_cpu_fsdp = pytest.mark.skipif(cpu_fsdp_missing() is not None, reason=f"needs {cpu_fsdp_missing()}")
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +111,8 @@ def full_run(setup):
     return out
 
 
+@pytest.mark.slow
+@needs_cpu_fsdp
 def test_sharded_checkpoint_has_one_shard_per_process_and_a_manifest(full_run):
     checkpoint = full_run / "checkpoint-3"
     assert checkpoint_problem(str(checkpoint)) is None
@@ -122,14 +122,16 @@ def test_sharded_checkpoint_has_one_shard_per_process_and_a_manifest(full_run):
     assert not (checkpoint / "model.safetensors").exists()  # no gathered copy in the checkpoint
     import torch.distributed.checkpoint as dcp
 
-    chunks = {key: [tuple(c.sizes) for c in meta.chunks] for key, meta in
-              dcp.FileSystemReader(str(checkpoint / "pytorch_model_fsdp_0")).read_metadata().state_dict_metadata.items()}
+    metadata = dcp.FileSystemReader(str(checkpoint / "pytorch_model_fsdp_0")).read_metadata()
+    chunks = {key: [tuple(c.sizes) for c in meta.chunks] for key, meta in metadata.state_dict_metadata.items()}
     assert chunks["model.spatial_transformer.layers.0.mlp.fc_in.weight"] == [(64, 32), (64, 32)]  # halves
     assert chunks["model.output_proj.weight"] == [(16, 32), (16, 32)]
     assert chunks["model.code_embeddings.weight"] == [(32, 8)]  # frozen: left out of the sharding, whole
     assert sorted(losses(full_run)) == list(range(1, 7))
 
 
+@pytest.mark.slow
+@needs_cpu_fsdp
 def test_final_folder_is_the_usual_pipeline_and_code_embeddings_stay_the_codebook(full_run, setup):
     from rq_hf.models.autoencoder_rqvae import RQVAEModel
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
@@ -144,6 +146,8 @@ def test_final_folder_is_the_usual_pipeline_and_code_embeddings_stay_the_codeboo
     assert images.shape == (2, 16, 16, 1) and np.isfinite(images).all()
 
 
+@pytest.mark.slow
+@needs_cpu_fsdp
 def test_killed_run_resumes_from_the_sharded_checkpoint_to_the_same_weights(full_run, setup):
     out = setup / "killed"
     proc = launch(setup, out, **{"--debug_sigkill_at_step": "3"})
@@ -161,3 +165,58 @@ def test_killed_run_resumes_from_the_sharded_checkpoint_to_the_same_weights(full
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fsdp.yaml", "fsdp_multinode.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_shipped_configs_load_in_accelerate_and_fit_the_model(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from rq_hf.models import modeling_rq_transformer
+
+    config = load_config_from_file(os.path.join(CONFIGS, name))  # accelerate's own parser: unknown keys raise
+    if name.startswith("fsdp"):
+        assert config.distributed_type.value == "FSDP" and config.fsdp_config["fsdp_version"] == 2
+        block = config.fsdp_config["fsdp_transformer_layer_cls_to_wrap"]
+        assert block in modeling_rq_transformer.RQTransformerForCausalImageModeling._no_split_modules
+        assert hasattr(modeling_rq_transformer, block)
+        assert config.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
+        assert config.num_machines == (2 if "multinode" in name else 1)
+        return
+    assert config.distributed_type.value == "DEEPSPEED"
+    ds_file = config.deepspeed_config["deepspeed_config_file"]  # relative to the repository root
+    with open(os.path.join(REPO, ds_file)) as f:
+        ds_config = json.load(f)
+    stage = 2 if "zero2" in name else 3
+    assert ds_config["zero_optimization"]["stage"] == stage
+    if stage == 3:  # the final save gathers the weights (accelerator.get_state_dict)
+        assert ds_config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    if importlib.util.find_spec("deepspeed") is None:
+        return
+    import argparse
+
+    from accelerate import DeepSpeedPlugin
+
+    from rq_hf.training.sharding import fill_deepspeed_config
+
+    plugin = DeepSpeedPlugin(hf_ds_config=os.path.join(REPO, ds_file))
+    assert plugin.zero_stage == stage
+    filled = fill_deepspeed_config(plugin, argparse.Namespace(train_batch_size=4, max_grad_norm=0.5))
+    assert filled["train_micro_batch_size_per_gpu"] == 4 and filled["gradient_clipping"] == 0.5
+    assert fill_deepspeed_config(plugin, argparse.Namespace(train_batch_size=4, max_grad_norm=0))[
+        "gradient_clipping"] == 0.5  # no longer "auto": a value in the config is kept
+
+
+def test_frozen_code_embeddings_are_what_fsdp_leaves_out():
+    from rq_hf.models.configuration_rq_transformer import RQTransformerConfig
+    from rq_hf.models.modeling_rq_transformer import RQTransformerForCausalImageModeling
+    from rq_hf.training.sharding import _frozen_submodules
+
+    config = RQTransformerConfig(vocab_size=16, code_shape=[2, 2, 2], code_embedding_dim=4, hidden_size=8,
+                                 num_attention_heads=2, num_spatial_layers=1, num_depth_layers=1)
+    model = RQTransformerForCausalImageModeling(config)
+    assert model.get_input_embeddings() is model.code_embeddings
+    assert _frozen_submodules(model) == []
+    model.init_code_embeddings(torch.randn(16, 4), freeze=True)
+    assert _frozen_submodules(model) == [model.code_embeddings]
+    model.spatial_transformer.requires_grad_(False)  # the outermost frozen module, not its blocks
+    assert _frozen_submodules(model) == [model.code_embeddings, model.spatial_transformer]

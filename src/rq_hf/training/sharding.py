@@ -33,7 +33,15 @@ import os
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["configure_sharding", "enable_fsdp_on_cpu", "full_model_on_main", "is_sharded", "scalar"]
+__all__ = [
+    "configure_sharding",
+    "enable_fsdp_on_cpu",
+    "fill_deepspeed_config",
+    "full_model_on_main",
+    "is_sharded",
+    "require_unsharded",
+    "scalar",
+]
 
 
 def is_sharded(accelerator) -> bool:
@@ -88,6 +96,15 @@ def enable_fsdp_on_cpu(accelerator) -> bool:
     return True
 
 
+def require_unsharded(accelerator, what: str, reason: str) -> None:
+    """Raise ``ValueError`` naming ``what`` and ``reason`` when the launch config shards (FSDP/DeepSpeed)."""
+    if is_sharded(accelerator):
+        raise ValueError(
+            f"{what} does not run sharded ({accelerator.distributed_type.value} in the accelerate config): "
+            f"{reason}; launch it data-parallel (e.g. `accelerate launch --multi_gpu ...`)"
+        )
+
+
 def _frozen_submodules(model) -> list:
     """The outermost submodules whose parameters are all frozen (e.g. the frozen code embeddings)."""
     frozen, seen = [], set()
@@ -112,8 +129,8 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
       ``_no_split_modules`` (``RQTransformerBlock`` for the RQ-Transformer).
     - ``--use_ema`` is refused (``ValueError``): the EMA copy would hold the whole model on every process.
 
-    DeepSpeed needs nothing here: the frozen parameters get no optimizer state, and the config files set
-    the partitioning.
+    DeepSpeed: the frozen parameters get no optimizer state and the config file sets the partitioning; its
+    ``"auto"`` batch size and clipping come from the flags (:func:`fill_deepspeed_config`).
     """
     from accelerate.utils import DistributedType
 
@@ -124,7 +141,8 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
             f"`--use_ema` is not supported with sharded training ({accelerator.distributed_type.value}): the "
             "EMA copy would hold the whole model on every process; drop --use_ema or train data-parallel"
         )
-    if accelerator.distributed_type != DistributedType.FSDP:
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        fill_deepspeed_config(accelerator.state.deepspeed_plugin, args)
         return
     plugin = accelerator.state.fsdp_plugin
     if plugin.ignored_modules is None:
@@ -142,6 +160,22 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
         plugin.transformer_cls_names_to_wrap = list(blocks)
         if plugin.auto_wrap_policy is None:
             plugin.auto_wrap_policy = "transformer_based_wrap"
+
+
+def fill_deepspeed_config(plugin, args: argparse.Namespace | None) -> dict:
+    """Fill the ``"auto"`` values of a DeepSpeed config that accelerate cannot know when the training data
+    loader is prepared apart from the model (as the scripts do): ``train_micro_batch_size_per_gpu`` from
+    ``--train_batch_size`` and ``gradient_clipping`` from ``--max_grad_norm`` (<= 0: no clipping; accelerate
+    would put 1.0). Returns the config (``plugin.deepspeed_config``, changed in place)."""
+    config = plugin.deepspeed_config
+    if args is None:
+        return config
+    if plugin.is_auto("train_micro_batch_size_per_gpu"):
+        config["train_micro_batch_size_per_gpu"] = args.train_batch_size
+    if plugin.is_auto("gradient_clipping"):
+        max_norm = getattr(args, "max_grad_norm", None)
+        config["gradient_clipping"] = float(max_norm) if max_norm and max_norm > 0 else 0.0
+    return config
 
 
 def _plain_class(model) -> type:
