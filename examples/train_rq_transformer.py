@@ -3,7 +3,8 @@
 
 Runs as ``python examples/train_rq_transformer.py ...``, ``accelerate launch ...`` on one or many processes,
 or ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 examples/train_rq_transformer.py ...`` for two real
-CPU processes. Example (the Fashion-MNIST quickstart model, offline, class-conditional)::
+CPU processes; sharded (FSDP2, DeepSpeed ZeRO) with ``accelerate launch --config_file examples/configs/fsdp.yaml``
+(``rq_hf.training.sharding``). Example (the Fashion-MNIST quickstart model, offline, class-conditional)::
 
     python examples/train_rq_transformer.py --vqvae_model_name_or_path rqvae-fmnist \\
         --dataset_name fashion_mnist --class_label_column label --validation_split test \\

@@ -206,17 +206,62 @@ def test_shipped_configs_load_in_accelerate_and_fit_the_model(name):
         "gradient_clipping"] == 0.5  # no longer "auto": a value in the config is kept
 
 
-def test_frozen_code_embeddings_are_what_fsdp_leaves_out():
+def tiny_transformer(freeze_code_embeddings=True):
     from rq_hf.models.configuration_rq_transformer import RQTransformerConfig
     from rq_hf.models.modeling_rq_transformer import RQTransformerForCausalImageModeling
-    from rq_hf.training.sharding import _frozen_submodules
 
     config = RQTransformerConfig(vocab_size=16, code_shape=[2, 2, 2], code_embedding_dim=4, hidden_size=8,
                                  num_attention_heads=2, num_spatial_layers=1, num_depth_layers=1)
     model = RQTransformerForCausalImageModeling(config)
+    if freeze_code_embeddings:
+        model.init_code_embeddings(torch.randn(16, 4), freeze=True)
+    return model
+
+
+def test_frozen_code_embeddings_are_what_fsdp_leaves_out():
+    from rq_hf.training.sharding import _frozen_submodules
+
+    model = tiny_transformer(freeze_code_embeddings=False)
     assert model.get_input_embeddings() is model.code_embeddings
     assert _frozen_submodules(model) == []
     model.init_code_embeddings(torch.randn(16, 4), freeze=True)
     assert _frozen_submodules(model) == [model.code_embeddings]
     model.spatial_transformer.requires_grad_(False)  # the outermost frozen module, not its blocks
     assert _frozen_submodules(model) == [model.code_embeddings, model.spatial_transformer]
+
+
+def fake_accelerator(kind, plugin=None):
+    import types
+
+    from accelerate.utils import DistributedType
+
+    state = types.SimpleNamespace(fsdp_plugin=plugin)
+    return types.SimpleNamespace(distributed_type=DistributedType[kind], state=state)
+
+
+def test_configure_sharding_sets_the_plugin_and_refuses_what_does_not_shard():
+    import argparse
+
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    from rq_hf.training.sharding import configure_sharding, require_unsharded
+
+    model = tiny_transformer()
+    # a config without a wrap policy and with rank-0-only loading: blocks become the units, frozen parts stay out
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, cpu_ram_efficient_loading=True)
+    assert plugin.auto_wrap_policy is None
+    configure_sharding(fake_accelerator("FSDP", plugin), model, argparse.Namespace(use_ema=False))
+    assert plugin.ignored_modules == [model.code_embeddings] and plugin.cpu_ram_efficient_loading is False
+    assert plugin.auto_wrap_policy is transformer_auto_wrap_policy
+    plugin.set_auto_wrap_policy(model)  # what accelerate does in prepare
+    assert plugin.transformer_cls_names_to_wrap == ["RQTransformerBlock"]
+
+    unsharded = FullyShardedDataParallelPlugin(fsdp_version=2)
+    configure_sharding(fake_accelerator("MULTI_GPU", unsharded), model, None)  # DDP: nothing changes
+    assert unsharded.ignored_modules is None and unsharded.auto_wrap_policy is None
+    with pytest.raises(ValueError, match="--use_ema.*sharded"):
+        configure_sharding(fake_accelerator("FSDP", plugin), model, argparse.Namespace(use_ema=True))
+    with pytest.raises(ValueError, match="train_rqvae.py does not run sharded.*adaptive weight"):
+        require_unsharded(fake_accelerator("DEEPSPEED"), "train_rqvae.py", "the adaptive weight")
+    require_unsharded(fake_accelerator("MULTI_CPU"), "train_rqvae.py", "the adaptive weight")  # no error

@@ -125,8 +125,9 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
       RQ-VAE codebook) become the plugin's ``ignored_modules`` when the config names none: they stay whole
       and fp32 on every process, outside the sharding and outside FSDP's mixed-precision cast.
       (``cpu_ram_efficient_loading`` is turned off then: it would re-create the parameters and lose them.)
-    - Without ``fsdp_transformer_layer_cls_to_wrap`` in the config, the wrap unit is the model's
-      ``_no_split_modules`` (``RQTransformerBlock`` for the RQ-Transformer).
+    - A config without an auto wrap policy (``NO_WRAP``: the whole model one unit) gets the transformer
+      policy: the wrap unit is then the model's ``_no_split_modules`` (``RQTransformerBlock``), unless the
+      config names ``fsdp_transformer_layer_cls_to_wrap``.
     - ``--use_ema`` is refused (``ValueError``): the EMA copy would hold the whole model on every process.
 
     DeepSpeed: the frozen parameters get no optimizer state and the config file sets the partitioning; its
@@ -155,11 +156,12 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
                 # model here anyway, so rank-0-only loading saves nothing.
                 logger.info("FSDP: cpu_ram_efficient_loading off (frozen modules are kept out of the sharding)")
                 plugin.cpu_ram_efficient_loading = False
-    blocks = getattr(model, "_no_split_modules", None)
-    if plugin.transformer_cls_names_to_wrap is None and blocks:
-        plugin.transformer_cls_names_to_wrap = list(blocks)
-        if plugin.auto_wrap_policy is None:
-            plugin.auto_wrap_policy = "transformer_based_wrap"
+    if plugin.auto_wrap_policy is None and getattr(model, "_no_split_modules", None):
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+        # accelerate then wraps the classes named by the config, or else the model's _no_split_modules
+        plugin.auto_wrap_policy = transformer_auto_wrap_policy
+        logger.info("FSDP: no auto wrap policy in the config; wrapping %s", model._no_split_modules)
 
 
 def fill_deepspeed_config(plugin, args: argparse.Namespace | None) -> dict:
