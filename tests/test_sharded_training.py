@@ -4,6 +4,8 @@ CPU processes (gloo). A tiny RQ-VAE and transformer; each launch takes several s
 Checked: the checkpoint holds one shard per process, a run killed after its checkpoint resumes
 (`--resume_from_checkpoint latest`) to the weights and losses of an uninterrupted run, and the final folder is
 the usual pipeline (`from_pretrained` loads it; the frozen code embeddings are still the RQ-VAE codebook).
+Without launching anything: the shipped configs in examples/configs/ load in accelerate and fit the model, and
+what `rq_hf.training.sharding` changes in accelerate's FSDP plugin.
 """
 
 import importlib.util
@@ -106,7 +108,7 @@ def losses(output_dir):
 @pytest.fixture(scope="module")
 def full_run(setup):
     out = setup / "full"
-    proc = launch(setup, out)
+    proc = launch(setup, out, **{"--checkpoints_total_limit": "1"})  # rotation after the new one is complete
     assert proc.returncode == 0, proc.stderr[-5000:]
     return out
 
@@ -114,8 +116,9 @@ def full_run(setup):
 @pytest.mark.slow
 @needs_cpu_fsdp
 def test_sharded_checkpoint_has_one_shard_per_process_and_a_manifest(full_run):
-    checkpoint = full_run / "checkpoint-3"
+    checkpoint = full_run / "checkpoint-6"
     assert checkpoint_problem(str(checkpoint)) is None
+    assert not (full_run / "checkpoint-3").exists()  # --checkpoints_total_limit 1
     manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text())["files"]
     for folder in ("pytorch_model_fsdp_0", "optimizer_0"):  # torch.distributed.checkpoint: a file per rank
         assert {f"{folder}/__0_0.distcp", f"{folder}/__1_0.distcp", f"{folder}/.metadata"} <= set(manifest)
