@@ -384,6 +384,11 @@ def test_help_lists_the_stage2_flags():
         "--validation_split",
         "--push_to_hub",
         "--resume_from_checkpoint",
+        "--caption_column",
+        "--tokenizer_name_or_path",
+        "--caption_dropout_prob",
+        "--text_loss_weight",
+        "--validation_prompts",
     ):
         assert flag in help_text, flag
 

@@ -18,6 +18,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from .atomic_save import atomic_save_directory, finish_interrupted_commit
 
 PIPELINE_TAG = "unconditional-image-generation"
+TEXT_PIPELINE_TAG = "text-to-image"
 BASE_TAGS = ["rq-hf", "rq-vae", "rq-transformer", "image-generation"]
 PAPER = "https://arxiv.org/abs/2203.01941"
 
@@ -75,6 +76,7 @@ def build_model_card(
     library_name: str = "diffusers",
     extra_tags: list[str] | None = None,
     notes: str | None = None,
+    example_prompt: str | None = None,
 ) -> ModelCard:
     """Build the model card (``README.md``) of an rq-hf model or pipeline.
 
@@ -88,11 +90,19 @@ def build_model_card(
         library_name: ``library_name`` of the card metadata.
         extra_tags: tags added to the defaults.
         notes: free text appended to the description (e.g. provenance of converted weights).
+        example_prompt: a caption of a text-conditional model: the usage snippet passes it and the card's
+            pipeline tag is ``text-to-image``.
     """
     if kind not in _USAGE:
         raise ValueError(f"`kind` must be one of {sorted(_USAGE)}, got {kind!r}.")
     repo = repo_id or "<user>/<model>"
-    if class_names:
+    if example_prompt is not None:
+        call_args = (
+            f"prompt=[{json.dumps(example_prompt)}], guidance_scale=3.0, "
+            if kind == "pipeline"
+            else "text_ids=text_ids, "  # caption token ids (batch, max_text_length), see the notes
+        )
+    elif class_names:
         call_args = f"class_labels=[{json.dumps(class_names[0])}], " if kind == "pipeline" else "class_labels=[0], "
     elif kind == "pipeline":
         call_args = "num_images=4, "
@@ -101,7 +111,7 @@ def build_model_card(
     data = ModelCardData(
         license=license,
         library_name=library_name,
-        pipeline_tag=PIPELINE_TAG,
+        pipeline_tag=TEXT_PIPELINE_TAG if example_prompt is not None else PIPELINE_TAG,
         tags=BASE_TAGS + list(extra_tags or []),
     )
     lines = [
@@ -336,6 +346,10 @@ class RQHubMixin:
     def _write_extra_files(self, folder: str) -> None:
         """Hook: write files besides those of the base `save_pretrained` (e.g. code)."""
 
+    def _model_card_extra(self) -> dict[str, Any]:
+        """Hook: more keyword arguments of `build_model_card` (e.g. `example_prompt`, `notes`)."""
+        return {}
+
     def model_card(self, repo_id: str | None = None, metrics: dict[str, Any] | None = None) -> ModelCard:
         """The model card (`README.md`) that `save_pretrained` writes and `push_to_hub` uploads."""
         return build_model_card(
@@ -345,6 +359,7 @@ class RQHubMixin:
             class_names=self._model_card_class_names(),
             metrics=metrics,
             library_name="transformers" if self._model_card_kind == "rq_transformer" else "diffusers",
+            **self._model_card_extra(),
         )
 
     def save_pretrained(
