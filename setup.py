@@ -11,6 +11,7 @@ extras = {
     "convert": ["pyyaml"],
     "demo": ["gradio>=6"],
     "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
+    "lora": ["peft>=0.17"],
 }
 
 setup(

@@ -9,6 +9,11 @@ the whole table takes seconds on a CPU and does not depend on the machine.
     python benchmarks/bench_memory.py                      # 8 GPUs, the official batches
     python benchmarks/bench_memory.py --num-gpus 64 --batch-size 16
     python benchmarks/bench_memory.py --quick              # a tiny model (the plumbing)
+    python benchmarks/bench_memory.py --num-gpus 1 --lora-rank 8   # LoRA fine-tuning on one GPU (rq_hf.lora)
+
+With `--lora-rank`, the model gets peft LoRA adapters of that rank on the attention and MLP projections
+(`rq_hf.lora.add_lora_adapter`, as `train_rq_transformer.py --use_lora`): only the adapters get gradients and
+optimizer state; the frozen base stays in fp32 with bf16 autocast copies, as the script trains it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
                         help="per-GPU batch (default: the official one of each size, 32 or 8)")
     parser.add_argument("--hard-labels", action="store_true", help="code targets instead of soft targets")
     parser.add_argument("--quick", action="store_true", help="one tiny model instead of the official sizes")
+    parser.add_argument("--lora-rank", "--lora_rank", type=int, default=None,
+                        help="train LoRA adapters of this rank only (rq_hf.lora; needs peft)")
     parser.add_argument("--markdown-out", "--markdown_out", default=None, help="also write the table here")
     parser.add_argument("--json-out", "--json_out", default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
@@ -59,13 +66,18 @@ def millions(count: int) -> str:
     return f"{count / 1e6:,.0f}M" if count >= 1e7 else f"{count / 1e6:.2f}M"
 
 
-def profile(config: RQTransformerConfig, batch_size: int, hard_labels: bool):
+def profile(config: RQTransformerConfig, batch_size: int, hard_labels: bool, lora_rank: int | None = None):
     with torch.device("meta"):
         model = RQTransformerForCausalImageModeling(config)
         codes = torch.zeros(batch_size, *config.code_shape, dtype=torch.long)
         labels = codes if hard_labels else torch.zeros(*codes.shape, config.vocab_size)
         class_labels = None if config.num_classes is None else torch.zeros(batch_size, dtype=torch.long)
     model.code_embeddings.weight.requires_grad_(False)  # the frozen RQ-VAE codebook, as in the official code
+    if lora_rank is not None:
+        from rq_hf.lora import add_lora_adapter
+
+        with torch.device("meta"):
+            model = add_lora_adapter(model, lora_rank, 2 * lora_rank)  # freezes everything but the adapters
     return profile_training_memory(model, dict(codes=codes, class_labels=class_labels, labels=labels))
 
 
@@ -79,8 +91,8 @@ def main(argv: List[str] | None = None) -> None:
     ]
     for name, (config, official_batch) in models(args.quick).items():
         batch_size = args.batch_size or official_batch
-        result = profile(config, batch_size, args.hard_labels)
-        for strategy in STRATEGIES:
+        result = profile(config, batch_size, args.hard_labels, args.lora_rank)
+        for strategy in STRATEGIES if args.num_gpus > 1 else ("ddp",):  # one GPU: no sharding
             memory = memory_per_device(result, strategy, args.num_gpus)
             rows.append(dict(model=name, batch_size=batch_size, num_parameters=result.num_parameters,
                              num_trainable_parameters=result.num_trainable_parameters, **memory.to_dict()))
@@ -92,8 +104,10 @@ def main(argv: List[str] | None = None) -> None:
                 + " |"
             )
     header = (
-        f"Training memory per GPU in {unit}, {args.num_gpus} GPUs, bf16 compute with fp32 master weights, AdamW, "
-        f"{'code' if args.hard_labels else 'soft'} targets, code embeddings frozen; computed on the meta "
+        f"Training memory per GPU in {unit}, {args.num_gpus} GPU{'s' if args.num_gpus > 1 else ''}, "
+        "bf16 compute with fp32 master weights, AdamW, "
+        f"{'code' if args.hard_labels else 'soft'} targets, code embeddings frozen"
+        f"{f', LoRA rank {args.lora_rank} (only the adapters train)' if args.lora_rank else ''}; computed on the meta "
         f"device from the modules (torch {torch.__version__})."
     )
     print("\n".join([header, ""] + lines))

@@ -53,6 +53,13 @@ biases, embeddings or position embeddings), gradient clipping, cosine schedule w
 the weights (``--use_ema``; saved in the checkpoints; the final model is the EMA model), mixed precision
 (the RQ-VAE and its quantizer stay fp32).
 
+LoRA: ``--use_lora --lora_rank R --lora_alpha A [--lora_target_modules ...]`` (peft, ``rq_hf.lora``) adapts the
+attention and MLP projections of the trained transformer ``--model_config_name_or_path`` and trains only the
+adapters; ``--output_dir`` then gets the adapter folder (``adapter_config.json``, ``adapter_model.safetensors``)
+and checkpoints hold the adapter instead of the model. Load it with
+``RQTransformerPipeline.from_pretrained(base).load_lora_weights(output_dir)``. ``--gradient_checkpointing``
+recomputes each block's activations in the backward (with or without LoRA).
+
 Validation every ``--validation_steps`` (and at the end), on the main process: the NLL of held-out codes in
 bits per code (``--validation_split``, or a ``--validation_fraction`` of the training rows) and a PNG grid of
 samples through ``RQTransformerPipeline`` in ``output_dir/validation/`` (one row per class for
@@ -177,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; save the EMA model.")
     model.add_argument("--ema_decay", type=float, default=0.999, help="Decay of --use_ema.")
+    lora = parser.add_argument_group("LoRA (rq_hf.lora, needs peft: the lora extra)")
+    lora.add_argument("--use_lora", action="store_true", help="Train only LoRA adapters of the trained transformer "
+                      "--model_config_name_or_path; output_dir gets the adapter folder, not a pipeline.")
+    lora.add_argument("--lora_rank", type=int, default=8, help="Rank of the LoRA matrices.")
+    lora.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha / rank).")
+    lora.add_argument("--lora_dropout", type=float, default=0.0, help="Dropout on the LoRA branch.")
+    lora.add_argument("--lora_target_modules", nargs="+", default=None, help="nn.Linear layers to adapt. "
+                      "Default: query key value out_proj fc_in fc_out (attention and MLP of every block).")
 
     data = add_data_args(parser)
     data.add_argument(
@@ -323,7 +338,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}")
     if args.guidance_scale < 1.0:
         raise ValueError(f"`--guidance_scale` must be >= 1, got {args.guidance_scale}")
+    if args.use_lora:
+        check_lora_flags(args)
     return args
+
+
+def check_lora_flags(args: argparse.Namespace) -> None:
+    """``--use_lora`` adapts a trained transformer and trains nothing else; ``ValueError`` names the bad flag."""
+    from rq_hf.lora import check_lora_args
+
+    check_lora_args(args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    if args.model_config_name_or_path is None:
+        raise ValueError("`--use_lora` needs a trained transformer: give `--model_config_name_or_path` (a "
+                         "transformer folder, e.g. PIPELINE/transformer, or a Hub id), got none")
+    for flag in ("train_code_embeddings", "use_ema", "push_to_hub"):
+        if getattr(args, flag):
+            raise ValueError(f"`--{flag}` is not supported with `--use_lora` (only the adapters train; upload the "
+                             "adapter folder with `hf upload`), got both")
 
 
 # ============================================================================================ model
@@ -832,8 +863,15 @@ def main(argv: list[str] | None = None) -> str:
     RQTransformerPipeline(vqvae=vae, transformer=model, tokenizer=tokenizer)
     if tokenizer is not None:
         tokenizer.model_max_length = model.config.max_text_length
+    if args.use_lora:
+        from rq_hf.lora import add_lora_adapter
+
+        if is_new:
+            raise ValueError(f"`--use_lora` needs a trained transformer, but `--model_config_name_or_path` "
+                             f"{args.model_config_name_or_path!r} is a config (a new model)")
+        model = add_lora_adapter(model, args.lora_rank, args.lora_alpha, args.lora_target_modules, args.lora_dropout)
     if args.gradient_checkpointing:
-        raise ValueError("`--gradient_checkpointing` is not supported by RQTransformerForCausalImageModeling")
+        model.activation_checkpointing_enable()  # non-reentrant: works with frozen inputs (LoRA) too
     if args.scale_lr:
         args.learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     optimizer = torch.optim.AdamW(
@@ -846,6 +884,10 @@ def main(argv: list[str] | None = None) -> str:
     configure_sharding(accelerator, model, args)  # FSDP/DeepSpeed: blocks as units, frozen parts whole
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     unwrapped = accelerator.unwrap_model(model)
+    if args.use_lora:
+        from rq_hf.lora import register_adapter_checkpointing
+
+        register_adapter_checkpointing(accelerator, unwrapped)  # checkpoints hold the adapter, not the model
     ema = None
     if args.use_ema:
         ema = make_ema_model(unwrapped, decay=args.ema_decay).to(device)
@@ -895,8 +937,8 @@ def main(argv: list[str] | None = None) -> str:
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def eval_model():
-        return ema.module if ema is not None else unwrapped
+    def eval_model():  # the transformer itself (with its LoRA layers under --use_lora)
+        return ema.module if ema is not None else unwrapped.get_base_model() if args.use_lora else unwrapped
 
     # ------------------------------------------------------------------ loop
     if progress.global_step < schedule.max_train_steps:
@@ -984,8 +1026,13 @@ def main(argv: list[str] | None = None) -> str:
             logger.info("Final validation NLL: %.4f bits per code", final["val/bits_per_code"])
         if args.use_ema:
             card_metrics["weights"] = f"EMA (decay {args.ema_decay})"
-        pipe = RQTransformerPipeline(vqvae=vae, transformer=final_model, tokenizer=tokenizer)
-        pipe.save_pretrained(args.output_dir, metrics=card_metrics)
+        if args.use_lora:  # the adapter folder (peft); pipe.load_lora_weights(output_dir) puts it on the base
+            from rq_hf.lora import save_lora_adapter
+
+            save_lora_adapter(unwrapped, args.output_dir)
+        else:
+            pipe = RQTransformerPipeline(vqvae=vae, transformer=final_model, tokenizer=tokenizer)
+            pipe.save_pretrained(args.output_dir, metrics=card_metrics)
         write_model_card(  # appends the training section (data, steps, flags) to the pipeline's card
             args.output_dir,
             title="RQ-Transformer",
@@ -995,6 +1042,8 @@ def main(argv: list[str] | None = None) -> str:
                 f"codes {tuple(code_shape)}"
                 f"{', soft labels' if args.soft_labels else ''}), with the frozen RQ-VAE "
                 f"`{args.vqvae_model_name_or_path}`."
+                + (f" LoRA adapter (rank {args.lora_rank}, alpha {args.lora_alpha}) of "
+                   f"`{args.model_config_name_or_path}`." if args.use_lora else "")
             ),
             tags=["rq-transformer", "rq-hf"],
             args=args,

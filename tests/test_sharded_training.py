@@ -265,6 +265,8 @@ def test_configure_sharding_sets_the_plugin_and_refuses_what_does_not_shard():
     assert unsharded.ignored_modules is None and unsharded.auto_wrap_policy is None
     with pytest.raises(ValueError, match="--use_ema.*sharded"):
         configure_sharding(fake_accelerator("FSDP", plugin), model, argparse.Namespace(use_ema=True))
+    with pytest.raises(ValueError, match="--use_lora.*sharded.*DEEPSPEED"):
+        configure_sharding(fake_accelerator("DEEPSPEED"), model, argparse.Namespace(use_ema=False, use_lora=True))
     with pytest.raises(ValueError, match="train_rqvae.py does not run sharded.*adaptive weight"):
         require_unsharded(fake_accelerator("DEEPSPEED"), "train_rqvae.py", "the adaptive weight")
     require_unsharded(fake_accelerator("MULTI_CPU"), "train_rqvae.py", "the adaptive weight")  # no error

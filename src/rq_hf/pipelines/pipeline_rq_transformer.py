@@ -24,6 +24,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..lora import RQTransformerLoraLoaderMixin
 from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
 from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
 from ..models.tokenization_rq_transformer import tokenize_captions
@@ -38,7 +39,7 @@ def _as_size(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
+class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionPipeline):
     r"""Image generation with an RQ-Transformer over the residual codes of an RQ-VAE.
 
     Args:
@@ -50,6 +51,9 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
         tokenizer ([`PreTrainedTokenizerFast`], *optional*): the caption tokenizer of a text-conditional
             transformer (required for one, refused for others); its padding token must be the transformer's
             `text_pad_token_id` and its vocabulary fit in `text_vocab_size`.
+
+    LoRA adapters (`rq_hf.lora`): `load_lora_weights(folder)`, `fuse_lora()` / `unfuse_lora()`,
+    `unload_lora_weights()`.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"

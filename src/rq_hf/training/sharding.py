@@ -128,7 +128,8 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
     - A config without an auto wrap policy (``NO_WRAP``: the whole model one unit) gets the transformer
       policy: the wrap unit is then the model's ``_no_split_modules`` (``RQTransformerBlock``), unless the
       config names ``fsdp_transformer_layer_cls_to_wrap``.
-    - ``--use_ema`` is refused (``ValueError``): the EMA copy would hold the whole model on every process.
+    - ``--use_ema`` is refused (``ValueError``): the EMA copy would hold the whole model on every process;
+      ``--use_lora`` too: only the adapters train, the frozen base fits data-parallel.
 
     DeepSpeed: the frozen parameters get no optimizer state and the config file sets the partitioning; its
     ``"auto"`` batch size and clipping come from the flags (:func:`fill_deepspeed_config`).
@@ -141,6 +142,12 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
         raise ValueError(
             f"`--use_ema` is not supported with sharded training ({accelerator.distributed_type.value}): the "
             "EMA copy would hold the whole model on every process; drop --use_ema or train data-parallel"
+        )
+    if args is not None and getattr(args, "use_lora", False):
+        raise ValueError(
+            f"`--use_lora` is not supported with sharded training ({accelerator.distributed_type.value}): only "
+            "the adapters train, so the frozen base fits every process (LoRA memory in docs/benchmarks.md); "
+            "train LoRA data-parallel"
         )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         fill_deepspeed_config(accelerator.state.deepspeed_plugin, args)
