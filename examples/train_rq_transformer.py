@@ -79,6 +79,7 @@ import argparse
 import json
 import logging
 import os
+from typing import Any, Callable, NamedTuple
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
 from rq_hf.training.script_utils import (
@@ -624,112 +625,30 @@ def held_out_split(dataset, args: argparse.Namespace):
     return split["train"], split["test"]
 
 
-# ============================================================================================ validation
+class TrainingData(NamedTuple):
+    """What :func:`load_training_data` returns."""
+
+    rows: Any  # the training rows as loaded (the caption tokenizer and the validation prompts read them)
+    train_dataset: Any  # the rows the training loader reads (transformed images, or torch-formatted codes)
+    collate: Callable
+    held_out_rows: Any  # the held-out rows, or None
+    held_out: dict | None  # held-out codes (and labels / captions), batched for `evaluate_nll`
+    id2label: dict[int, str] | None
+    code_shape: list[int]
+    source: str  # the flag that named the data, for messages and the model card
+    from_codes: bool
 
 
-def sample_grid(vae, transformer, args: argparse.Namespace, device, tokenizer=None):
-    """Samples through ``RQTransformerPipeline``, as a PIL grid: one row per class (at most
-    ``--num_validation_classes``) for a class-conditional model, one row per ``--validation_prompts`` caption
-    for a text-conditional one, one row otherwise."""
+def load_training_data(args: argparse.Namespace, vae, device) -> TrainingData:
+    """The training rows from one of the two sources, a codes dataset (``--codes_dataset``) or images encoded
+    on the fly (``--dataset_name`` / ``--train_data_dir``), checked against the RQ-VAE, and the held-out codes
+    (``--validation_split``, or a ``--validation_fraction`` of the training rows)."""
     import torch
-    from diffusers.utils import make_image_grid
-
-    from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
-
-    pipe = RQTransformerPipeline(vqvae=vae, transformer=transformer, tokenizer=tokenizer)
-    pipe.set_progress_bar_config(disable=True)
-    generator = torch.Generator(device=device).manual_seed(args.seed or 0)
-    kind = transformer.config.condition_type
-    cols = args.num_validation_images
-    sampling = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, generator=generator)
-    if kind == "none":
-        rows = 1
-        images = pipe(num_images=cols, **sampling).images
-    elif kind == "text":
-        rows = len(args.validation_prompts)
-        images = pipe(
-            prompt=args.validation_prompts, num_images_per_prompt=cols, guidance_scale=args.guidance_scale, **sampling
-        ).images
-    else:
-        rows = min(transformer.config.num_classes, args.num_validation_classes)
-        labels = [c for c in range(rows) for _ in range(cols)]
-        images = pipe(class_labels=labels, guidance_scale=args.guidance_scale, **sampling).images
-    return make_image_grid(images, rows=rows, cols=cols)
-
-
-def validate(
-    vae, transformer, held_out, args: argparse.Namespace, step: int, device, tokenizer=None
-) -> dict[str, float]:
-    """Bits per code on the held-out codes and ``validation/step_<step>.png``; restores the training mode."""
-    import torch
-
-    from rq_hf.evaluation import evaluate_nll
-    from rq_hf.models.tokenization_rq_transformer import tokenize_captions
-
-    values = {}
-    was_training = transformer.training
-    transformer.eval()
-    try:
-        with torch.no_grad():
-            if held_out is not None:
-                text_ids = None
-                if held_out["captions"] is not None:
-                    length = transformer.config.max_text_length
-                    text_ids = [
-                        tokenize_captions(tokenizer, c, length, warn_truncated=False) for c in held_out["captions"]
-                    ]
-                values["val/bits_per_code"] = evaluate_nll(
-                    transformer, held_out["codes"], held_out["class_labels"], device=device, text_ids_batches=text_ids
-                )
-            grid = sample_grid(vae, transformer, args, device, tokenizer)
-    finally:
-        transformer.train(was_training)
-    folder = os.path.join(args.output_dir, "validation")
-    os.makedirs(folder, exist_ok=True)
-    grid.save(os.path.join(folder, f"step_{step:06d}.png"))
-    return values
-
-
-# ============================================================================================ main
-
-
-def main(argv: list[str] | None = None) -> str:
-    """Train; see the module docstring. Returns the output folder (the saved pipeline)."""
-    args = parse_args(argv)
-
-    import torch
-    from tqdm.auto import tqdm
 
     from rq_hf.data import ImageTransform, check_caption_column, collate_images, with_image_transform
-    from rq_hf.models.tokenization_rq_transformer import tokenize_captions, with_bpe_dropout
-    from rq_hf.training.ema import make_ema_model
-    from rq_hf.training.script_utils import (
-        MetricsLog,
-        compute_schedule,
-        count_skipped_images,
-        guard_finite,
-        init_trackers,
-        iterate_epochs,
-        load_train_dataset,
-        make_accelerator,
-        make_lr_scheduler,
-        make_train_dataloader,
-        maybe_save_checkpoint,
-        reduce_step_values,
-        resume_training,
-        save_and_push,
-        training_card_section,
-    )
-    from rq_hf.training.sharding import configure_sharding, full_model_on_main, scalar
+    from rq_hf.training.script_utils import load_train_dataset
 
-    accelerator = make_accelerator(args)
-    device = accelerator.device
-    logger.info("%s", accelerator.state)
-    vae = load_vqvae(args.vqvae_model_name_or_path).to(device)
-    label_column = args.label_column
-    caption_column = args.caption_column
-
-    # ------------------------------------------------------------------ data
+    label_column, caption_column = args.label_column, args.caption_column
     from_codes = args.codes_dataset is not None
     if from_codes:
         dataset = load_codes_dataset(args, "train")
@@ -844,6 +763,119 @@ def main(argv: list[str] | None = None) -> str:
                 "class_labels": [b["class_labels"] for b in batches] if label_column else None,
                 "captions": [b["captions"] for b in batches] if caption_column else None,
             }
+    return TrainingData(dataset, train_dataset, collate, held_out_rows, held_out, id2label, code_shape, source,
+                        from_codes)
+
+
+# ============================================================================================ validation
+
+
+def sample_grid(vae, transformer, args: argparse.Namespace, device, tokenizer=None):
+    """Samples through ``RQTransformerPipeline``, as a PIL grid: one row per class (at most
+    ``--num_validation_classes``) for a class-conditional model, one row per ``--validation_prompts`` caption
+    for a text-conditional one, one row otherwise."""
+    import torch
+    from diffusers.utils import make_image_grid
+
+    from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
+
+    pipe = RQTransformerPipeline(vqvae=vae, transformer=transformer, tokenizer=tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device=device).manual_seed(args.seed or 0)
+    kind = transformer.config.condition_type
+    cols = args.num_validation_images
+    sampling = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, generator=generator)
+    if kind == "none":
+        rows = 1
+        images = pipe(num_images=cols, **sampling).images
+    elif kind == "text":
+        rows = len(args.validation_prompts)
+        images = pipe(
+            prompt=args.validation_prompts, num_images_per_prompt=cols, guidance_scale=args.guidance_scale, **sampling
+        ).images
+    else:
+        rows = min(transformer.config.num_classes, args.num_validation_classes)
+        labels = [c for c in range(rows) for _ in range(cols)]
+        images = pipe(class_labels=labels, guidance_scale=args.guidance_scale, **sampling).images
+    return make_image_grid(images, rows=rows, cols=cols)
+
+
+def validate(
+    vae, transformer, held_out, args: argparse.Namespace, step: int, device, tokenizer=None
+) -> dict[str, float]:
+    """Bits per code on the held-out codes and ``validation/step_<step>.png``; restores the training mode."""
+    import torch
+
+    from rq_hf.evaluation import evaluate_nll
+    from rq_hf.models.tokenization_rq_transformer import tokenize_captions
+
+    values = {}
+    was_training = transformer.training
+    transformer.eval()
+    try:
+        with torch.no_grad():
+            if held_out is not None:
+                text_ids = None
+                if held_out["captions"] is not None:
+                    length = transformer.config.max_text_length
+                    text_ids = [
+                        tokenize_captions(tokenizer, c, length, warn_truncated=False) for c in held_out["captions"]
+                    ]
+                values["val/bits_per_code"] = evaluate_nll(
+                    transformer, held_out["codes"], held_out["class_labels"], device=device, text_ids_batches=text_ids
+                )
+            grid = sample_grid(vae, transformer, args, device, tokenizer)
+    finally:
+        transformer.train(was_training)
+    folder = os.path.join(args.output_dir, "validation")
+    os.makedirs(folder, exist_ok=True)
+    grid.save(os.path.join(folder, f"step_{step:06d}.png"))
+    return values
+
+
+# ============================================================================================ main
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Train; see the module docstring. Returns the output folder (the saved pipeline)."""
+    args = parse_args(argv)
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from rq_hf.models.tokenization_rq_transformer import tokenize_captions, with_bpe_dropout
+    from rq_hf.training.ema import make_ema_model
+    from rq_hf.training.script_utils import (
+        MetricsLog,
+        compute_schedule,
+        count_skipped_images,
+        guard_finite,
+        init_trackers,
+        iterate_epochs,
+        make_accelerator,
+        make_lr_scheduler,
+        make_train_dataloader,
+        maybe_save_checkpoint,
+        reduce_step_values,
+        resume_training,
+        save_and_push,
+        training_card_section,
+    )
+    from rq_hf.training.sharding import configure_sharding, full_model_on_main, scalar
+
+    accelerator = make_accelerator(args)
+    device = accelerator.device
+    logger.info("%s", accelerator.state)
+    vae = load_vqvae(args.vqvae_model_name_or_path).to(device)
+    label_column = args.label_column
+    caption_column = args.caption_column
+
+    # ------------------------------------------------------------------ data
+    data = load_training_data(args, vae, device)
+    dataset, train_dataset, collate, held_out_rows, held_out = (
+        data.rows, data.train_dataset, data.collate, data.held_out_rows, data.held_out
+    )
+    id2label, code_shape, source, from_codes = data.id2label, data.code_shape, data.source, data.from_codes
 
     tokenizer = train_tokenizer = None
     if caption_column is not None:
