@@ -111,8 +111,8 @@ def fashion_mnist_data(args: argparse.Namespace):
     """(sample_batch(generator) -> (B, 1, 32, 32), test images) from the local Fashion-MNIST files."""
     import torch
 
+    from rq_hf.data import load_fashion_mnist
     from rq_hf.evaluation import load_image_tensors
-    from rq_hf.training import load_fashion_mnist
 
     train = load_image_tensors(load_fashion_mnist("train"), RESOLUTION, num_channels=1, pad_to_resolution=True,
                                max_samples=args.train_images).images

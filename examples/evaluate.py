@@ -91,9 +91,8 @@ def load_model(path: str, device: str) -> tuple[Any, Any | None]:
 
 def load_split(args: argparse.Namespace, split: str, label_column: str | None, resolution: int, channels: int,
                max_samples: int | None):
+    from rq_hf.data import FASHION_MNIST_HUB_ID, load_fashion_mnist, load_image_dataset
     from rq_hf.evaluation import load_image_tensors
-    from rq_hf.training import load_fashion_mnist, load_image_dataset
-    from rq_hf.training.data import FASHION_MNIST_HUB_ID
 
     if args.dataset_name == FASHION_MNIST_HUB_ID:
         dataset = load_fashion_mnist(split)
@@ -134,9 +133,10 @@ def load_or_train_classifier(args: argparse.Namespace, resolution: int, channels
     classifier = train_classifier(train.images, train.labels, num_classes=num_classes, epochs=args.classifier_epochs,
                                   generator=torch.Generator().manual_seed(args.seed))
     if path:
-        os.makedirs(output_dir, exist_ok=True)
-        torch.save({"key": key, "state_dict": classifier.state_dict()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        from rq_hf.models.atomic_save import atomic_save_file
+
+        with atomic_save_file(path) as tmp:
+            torch.save({"key": key, "state_dict": classifier.state_dict()}, tmp)
     return classifier, path
 
 

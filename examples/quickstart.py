@@ -17,6 +17,7 @@
 4. prints the reconstruction PSNR on the test split and the test-set NLL in bits per code (also written to
    ``output_dir/metrics.json``).
 
+Each training runs in a process of its own, as ``python examples/train_*.py <flags>`` would from a shell.
 Fashion-MNIST is read offline from ``/usr/share/datasets/fashion-mnist`` (Debian package
 ``dataset-fashion-mnist``); elsewhere the Hub dataset ``fashion_mnist`` is downloaded.
 ``--quick`` runs the same steps in seconds (a few training steps on a few images): a smoke test, not a
@@ -28,7 +29,6 @@ transformer step; on a GPU pass ``--mixed_precision bf16``. The quantizer always
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -57,14 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
-
-
-def load_example(name: str):
-    """Import ``examples/<name>.py`` (the examples folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rqvae_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
@@ -113,7 +105,7 @@ def transformer_argv(args: argparse.Namespace, vqvae_dir: str, output_dir: str) 
         vqvae_dir,
         "--dataset_name",
         "fashion_mnist",
-        "--class_label_column",
+        "--label_column",
         "label",
         "--validation_split",
         "test",
@@ -167,7 +159,7 @@ def test_batches(num_images: int | None, batch_size: int = 250):
     """Batches of (pixel_values (B, 1, 32, 32) in [-1, 1], labels (B,)) from the Fashion-MNIST test split."""
     import torch
 
-    from rq_hf.training import ImageTransform, collate_images, load_fashion_mnist, with_image_transform
+    from rq_hf.data import ImageTransform, collate_images, load_fashion_mnist, with_image_transform
 
     dataset = load_fashion_mnist("test")
     if num_images is not None:
@@ -214,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}")
     if args.num_test_images is not None and args.num_test_images < 1:
         raise ValueError(f"`--num_test_images` must be >= 1, got {args.num_test_images}")
-    from rq_hf.training.script_utils import reset_accelerate_state
+    from rq_hf.training.script_utils import run_script
 
     os.makedirs(args.output_dir, exist_ok=True)
     vqvae_dir = os.path.join(args.output_dir, "rqvae")
@@ -222,19 +214,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     timings = {}
 
     start = time.perf_counter()
-    load_example("train_rqvae").main(rqvae_argv(args, vqvae_dir))
-    reset_accelerate_state()
+    run_script(os.path.join(EXAMPLES, "train_rqvae.py"), rqvae_argv(args, vqvae_dir))
     timings["rqvae_minutes"] = (time.perf_counter() - start) / 60
 
     start = time.perf_counter()
-    load_example("train_rq_transformer").main(transformer_argv(args, vqvae_dir, pipeline_dir))
-    reset_accelerate_state()
+    run_script(os.path.join(EXAMPLES, "train_rq_transformer.py"), transformer_argv(args, vqvae_dir, pipeline_dir))
     timings["transformer_minutes"] = (time.perf_counter() - start) / 60
 
     import torch
 
+    from rq_hf.data import FASHION_MNIST_CLASSES
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
-    from rq_hf.training.data import FASHION_MNIST_CLASSES
 
     pipe = RQTransformerPipeline.from_pretrained(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)
