@@ -25,6 +25,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .models.checks import check_int
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "ROW_INDEX_COLUMN",
@@ -270,8 +272,7 @@ class ImageTransform:
         pad_to_resolution: bool = False,
         pad_value: int = 0,
     ):
-        if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
-            raise ValueError(f"ImageTransform: `resolution` must be a positive int, got {resolution!r}")
+        check_int("resolution", resolution)
         if num_channels not in (1, 3, None):
             raise ValueError(f"ImageTransform: `num_channels` must be 1, 3 or None, got {num_channels!r}")
         if interpolation not in _RESAMPLE:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checks import check_int
+
 
 class SmallImageClassifier(nn.Module):
     """Three conv stages (3x3 conv, BatchNorm, SiLU; avg pooling), global pooling, feature layer, linear head.
@@ -33,8 +35,7 @@ class SmallImageClassifier(nn.Module):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
                             ("feature_dim", feature_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+            check_int(name, value)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.feature_dim = feature_dim
@@ -122,10 +123,8 @@ def train_classifier(
             f"`labels` must lie in [0, {num_classes - 1}] (num_classes), "
             f"got [{int(labels.min())}, {int(labels.max())}]"
         )
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     device = torch.device(device or "cpu")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checks import check_int
 from ._optional import EVAL_INSTALL_HINT, require
 
 INCEPTION_INPUT_SIZE = 299
@@ -127,8 +128,7 @@ def extract_features(
         batch_size: images per forward pass when ``images`` is one tensor.
         device: where to run the extractor's forward (images are moved there); default: leave as is.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if feature_extractor is None:
         feature_extractor = InceptionFeatureExtractor()
     if isinstance(feature_extractor, nn.Module) and device is not None:

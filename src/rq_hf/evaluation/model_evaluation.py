@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..models.checks import check_int
 from .classifier import predict
 from .inception_fid import (
     FeatureExtractor,
@@ -68,8 +69,7 @@ def load_image_tensors(
     from ..data import ImageTransform, collate_images, with_image_transform
 
     if max_samples is not None:
-        if not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"`max_samples` must be a positive int or None, got {max_samples!r}")
+        check_int("max_samples", max_samples)
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     transform = ImageTransform(
         resolution, center_crop=True, num_channels=num_channels, pad_to_resolution=pad_to_resolution
@@ -90,13 +90,6 @@ def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> 
             raise ValueError(f"`images` must be a tensor (N, C, H, W) in [-1, 1], got shape {tuple(images.shape)}")
         return images.split(batch_size)
     return images
-
-
-def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -138,8 +131,8 @@ def evaluate_reconstruction(
             the order of ``images``), to share one pass over the real set between several models.
         compute_ssim: SSIM needs torchmetrics (the ``eval`` extra); False skips it (reported as None).
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("fid_num_images", fid_num_images, allow_none=True)
+    check_int("batch_size", batch_size)
+    check_int("fid_num_images", fid_num_images, allow_none=True)
     device = _model_device(vae)
     dtype = next(vae.parameters()).dtype
     keep = None if fid_num_images is None else 2 * fid_num_images
@@ -212,8 +205,8 @@ def generate_images(
     as the labels; an unconditional one gets labels None. ``sampling_kwargs`` go to the pipeline
     (``top_k``, ``top_p``, ``temperature``, ``guidance_scale``).
     """
-    _check_positive_int("num_images", num_images)
-    _check_positive_int("batch_size", batch_size)
+    check_int("num_images", num_images)
+    check_int("batch_size", batch_size)
     num_classes = pipe.transformer.config.num_classes
     labels = None if num_classes is None else torch.arange(num_images) % num_classes
     images = []
@@ -261,7 +254,7 @@ def evaluate_generation(
         samples: already generated samples (e.g. to reuse them); by default they are drawn here.
         sampling_kwargs: ``top_k``, ``top_p``, ``temperature``, ``guidance_scale`` for the pipeline.
     """
-    _check_positive_int("num_images", num_images)
+    check_int("num_images", num_images)
     if not isinstance(reference_images, torch.Tensor) or reference_images.ndim != 4:
         raise ValueError(
             "`reference_images` must be a tensor (N, C, H, W), "
@@ -329,7 +322,7 @@ def evaluate_code_nll(
     Returns ``bits_per_code``, ``uniform_bits_per_code`` (log2 K, what a model that learnt nothing gets),
     ``num_codes`` and ``num_images``. A class-conditional transformer needs ``labels`` (N,).
     """
-    _check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"`images` must be a non-empty tensor (N, C, H, W), got {getattr(images, 'shape', images)!r}")
     conditional = transformer.config.num_classes is not None

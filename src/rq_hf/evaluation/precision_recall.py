@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..models.checks import check_int
+
 
 class PrecisionRecall(NamedTuple):
     """Fractions in [0, 1]."""
@@ -51,8 +53,7 @@ def precision_recall(
         k: neighbourhood size (the paper uses 3); each set needs more than ``k`` points.
         chunk_size: rows of the distance matrix computed at once.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be a positive int, got {k!r}")
+    check_int("k", k)
     for name, t in (("real_features", real_features), ("fake_features", fake_features)):
         if not isinstance(t, torch.Tensor) or t.ndim != 2:
             raise ValueError(f"`{name}` must be a 2-D tensor (N, F), got {getattr(t, 'shape', t)!r}")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.checks import check_int
 from ._optional import require
 
 PSNR_MAX_DB = 100.0
@@ -129,8 +130,7 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int) -> CodebookUsage:
         )
     if codes.ndim < 1 or codes.numel() == 0:
         raise ValueError(f"`codes` must be a non-empty tensor (..., D), got shape {tuple(codes.shape)}")
-    if not isinstance(codebook_size, int) or codebook_size < 1:
-        raise ValueError(f"`codebook_size` must be a positive int, got {codebook_size!r}")
+    check_int("codebook_size", codebook_size)
     low, high = int(codes.min()), int(codes.max())
     if low < 0 or high >= codebook_size:
         raise ValueError(

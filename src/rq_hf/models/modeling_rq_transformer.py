@@ -69,8 +69,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -86,6 +84,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.utils import ModelOutput
 
+from .checks import check_generator, check_int, check_sampling_args
 from .configuration_rq_transformer import RQTransformerConfig
 from .hub_utils import RQHubMixin
 
@@ -396,7 +395,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             self.code_embeddings.weight.copy_(weight.detach())
         self.code_embeddings.weight.requires_grad_(not freeze)
 
-    def _check_codes(self, codes: torch.Tensor, name: str) -> None:
+    def _check_codes(self, codes: torch.Tensor, name: str, batch_size: int | None = None) -> None:
         shape = tuple(self.config.code_shape)
         if not isinstance(codes, torch.Tensor) or codes.dtype != torch.long:
             got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
@@ -405,11 +404,29 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             raise ValueError(f"`{name}` must have shape (batch, *{shape}), got {tuple(codes.shape)}.")
         if codes.shape[0] == 0:
             raise ValueError(f"`{name}` must hold at least one code map, got shape {tuple(codes.shape)}.")
+        if batch_size is not None and codes.shape[0] != batch_size:
+            raise ValueError(f"`{name}` must have batch size {batch_size}, got {codes.shape[0]}.")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.vocab_size):
             raise ValueError(
                 f"`{name}` must lie in [0, {self.config.vocab_size}), got values in "
                 f"[{int(codes.min())}, {int(codes.max())}]."
             )
+
+    @staticmethod
+    def _default_batch_size(class_labels: object, text_ids: object, prefix_codes: object, generator: object) -> int:
+        """The batch size the inputs of `generate_codes` imply: that of the class labels, the caption ids, the
+        prefix codes or the generator list, the first one given."""
+        if class_labels is not None and not isinstance(class_labels, int):
+            return len(class_labels)
+        for tensor in (text_ids, prefix_codes):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
+                return tensor.shape[0]
+        if isinstance(generator, (list, tuple)):
+            return len(generator)
+        raise ValueError(
+            "`batch_size` must be given when no class_labels, text_ids, prefix_codes or generator list "
+            "set it, got None."
+        )
 
     def _condition_tokens(
         self, class_labels: object, text_ids: object, batch_size: int, allow_null: bool
@@ -628,21 +645,6 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
 
     # ------------------------------------------------------------------ sampling
 
-    def _per_depth(self, name: str, value: object, check: Callable[[object], bool], expected: str) -> list:
-        """Broadcast one value (or None) to a list with one value per depth, checking each one."""
-        depth = self.config.code_depth
-        values = list(value) if isinstance(value, (list, tuple)) else [value] * depth
-        if len(values) != depth:
-            raise ValueError(
-                f"`{name}` must be one value or a list of {depth} (one per depth), got {value!r}."
-            )
-        for item in values:
-            if item is not None and not check(item):
-                raise ValueError(
-                    f"`{name}` must be {expected} (or a list of them, one per depth), got {value!r}."
-                )
-        return values
-
     def _logits_warpers(self, temperature: float, top_p: float | None) -> list:
         """transformers' warpers for one depth, built once per call (not once per step).
 
@@ -769,52 +771,15 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         num_positions = height * width
         device = self.output_proj.weight.device
 
-        # ---- arguments
-        if isinstance(generator, (list, tuple)):
-            generator = list(generator)
-        generators = generator if isinstance(generator, list) else [generator]
-        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
-            raise ValueError(f"`generator` must be a torch.Generator or a list of them, got {generator!r}.")
+        # ---- arguments (the shared checks of `checks.py`; the pipeline runs the same ones before any work)
         if batch_size is None:
-            if class_labels is not None and not isinstance(class_labels, int):
-                batch_size = len(class_labels)
-            elif isinstance(text_ids, torch.Tensor) and text_ids.dim() == 2:
-                batch_size = text_ids.shape[0]
-            elif prefix_codes is not None and isinstance(prefix_codes, torch.Tensor):
-                batch_size = prefix_codes.shape[0]
-            elif isinstance(generator, list):
-                batch_size = len(generator)
-            else:
-                raise ValueError(
-                    "`batch_size` must be given when no class_labels, text_ids, prefix_codes or generator list "
-                    "fix it, "
-                    "got None."
-                )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` list must have one generator per sample ({batch_size}), got {len(generator)}."
-            )
+            batch_size = self._default_batch_size(class_labels, text_ids, prefix_codes, generator)
+        batch_size = check_int("batch_size", batch_size)
+        generator = check_generator(generator, batch_size)
         condition = self._condition_tokens(class_labels, text_ids, batch_size, allow_null=False)
-
-        def is_number(x: object) -> bool:  # Python or numpy numbers, not bools
-            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-        if not is_number(temperature) or not temperature > 0:
-            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
-        temperature = float(temperature)
-
-        def is_count(x: object) -> bool:
-            return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1
-
-        top_ks = [None if k is None else int(k)
-                  for k in self._per_depth("top_k", top_k, is_count, "an integer >= 1")]
-        top_ps = [None if p is None else float(p) for p in self._per_depth(
-            "top_p", top_p, lambda p: is_number(p) and 0 < p <= 1, "a number in (0, 1]")]
-        if not is_number(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
-        guidance_scale = float(guidance_scale)
+        top_ks, top_ps, temperature, guidance_scale = check_sampling_args(
+            top_k, top_p, temperature, guidance_scale, depth
+        )
         guided = guidance_scale != 1.0
         if guided and self.config.condition_type == "none":
             raise ValueError(
@@ -828,19 +793,9 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                     f"(condition_type={self.config.condition_type!r}), got a value."
                 )
             negative_text_ids = self._check_text_ids(negative_text_ids, batch_size, "negative_text_ids")
-        if isinstance(num_prefix_positions, bool) or not isinstance(num_prefix_positions, int) or not (
-            0 <= num_prefix_positions <= num_positions
-        ):
-            raise ValueError(
-                f"`num_prefix_positions` must be an integer in [0, {num_positions}], "
-                f"got {num_prefix_positions!r}."
-            )
+        num_prefix_positions = check_int("num_prefix_positions", num_prefix_positions, 0, num_positions)
         if prefix_codes is not None:
-            self._check_codes(prefix_codes, "prefix_codes")
-            if prefix_codes.shape[0] != batch_size:
-                raise ValueError(
-                    f"`prefix_codes` must have batch size {batch_size}, got {prefix_codes.shape[0]}."
-                )
+            self._check_codes(prefix_codes, "prefix_codes", batch_size)
         elif num_prefix_positions > 0:
             raise ValueError("`prefix_codes` must be given when num_prefix_positions > 0, got None.")
 

@@ -26,6 +26,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..lora import RQTransformerLoraLoaderMixin
 from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
+from ..models.checks import check_generator, check_int, check_sampling_args
 from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
 from ..models.tokenization_rq_transformer import tokenize_captions
 
@@ -169,8 +170,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
                     f"`class_labels` is required: the transformer is class-conditional ({num_classes} classes)."
                 )
             num_images = 1 if num_images is None else num_images
-            if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
-                raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
+            check_int("num_images", num_images)
             return None, num_images
         if num_classes is None:
             raise ValueError(f"`class_labels` must be None for an unconditional transformer, got {class_labels!r}.")
@@ -214,10 +214,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         self, class_labels, prompt, negative_prompt, num_images, num_images_per_prompt
     ) -> tuple[dict[str, Any], int]:
         """The condition arguments of `generate_codes` and the number of images."""
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
-            num_images_per_prompt < 1
-        ):
-            raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
+        check_int("num_images_per_prompt", num_images_per_prompt)
         config = self.transformer.config
         kind = config.condition_type
         if kind != "text":
@@ -267,6 +264,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
 
     def _prefix_codes(self, image, batch_size: int, num_prefix_positions: int, device) -> torch.Tensor | None:
         h, w, _ = self.transformer.config.code_shape
+        check_int("num_prefix_positions", num_prefix_positions, 0, h * w)
         if image is None:
             if num_prefix_positions:
                 raise ValueError(
@@ -359,6 +357,9 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
                 f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, "
                 f"got {tensor_inputs}."
             )
+        # every argument is checked here, before any tokenizing, encoding or sampling (`generate_codes` runs the
+        # same shared checks for its direct callers)
+        check_sampling_args(top_k, top_p, temperature, guidance_scale, self.transformer.config.code_depth)
         self._interrupt = False
         device = self._execution_device
         condition, batch_size = self._condition(
@@ -367,10 +368,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         if guidance_scale == 1.0:
             condition.pop("negative_text_ids", None)
         condition = {name: value.to(device) for name, value in condition.items()}
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` list must hold {batch_size} generators (one per image), got {len(generator)}."
-            )
+        generator = check_generator(generator, batch_size)
         prefix = self._prefix_codes(image, batch_size, num_prefix_positions, device)
 
         h, w, _ = self.transformer.config.code_shape

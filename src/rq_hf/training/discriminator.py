@@ -9,6 +9,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..models.checks import check_int
+
 __all__ = ["PatchGANDiscriminator"]
 
 _NORM_TYPES = ("group", "batch", "none")
@@ -54,8 +56,7 @@ class PatchGANDiscriminator(ModelMixin, ConfigMixin):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
                             ("n_layers", n_layers), ("norm_num_groups", norm_num_groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"PatchGANDiscriminator: `{name}` must be a positive int, got {value!r}")
+            check_int(name, value)
         if norm_type not in _NORM_TYPES:
             raise ValueError(
                 f"PatchGANDiscriminator: `norm_type` must be one of {_NORM_TYPES}, got {norm_type!r}"

@@ -53,6 +53,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..models.checks import check_int, check_number
+
 __all__ = [
     "CHECKPOINT_MANIFEST",
     "FASHION_MNIST_NAME",
@@ -252,14 +254,6 @@ def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) ->
     return group
 
 
-def _check_positive(args: argparse.Namespace, name: str, allow_none: bool = False) -> None:
-    value = getattr(args, name)
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"`--{name}` must be a positive integer, got {value!r}")
-
-
 def check_common_args(args: argparse.Namespace) -> None:
     """Validate the flags added by the ``add_*_args`` helpers; raise ``ValueError`` naming the flag.
 
@@ -277,14 +271,14 @@ def check_common_args(args: argparse.Namespace) -> None:
     for name in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps",
                  "checkpointing_steps", "validation_steps", "resolution"):
         if hasattr(args, name):
-            _check_positive(args, name)
+            check_int(f"--{name}", getattr(args, name))
     for name in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
         if hasattr(args, name):
-            _check_positive(args, name, allow_none=True)
-    if getattr(args, "lr_warmup_steps", 0) < 0:
-        raise ValueError(f"`--lr_warmup_steps` must be >= 0, got {args.lr_warmup_steps}")
-    if getattr(args, "learning_rate", 1.0) <= 0:
-        raise ValueError(f"`--learning_rate` must be > 0, got {args.learning_rate}")
+            check_int(f"--{name}", getattr(args, name), allow_none=True)
+    if hasattr(args, "lr_warmup_steps"):
+        check_int("--lr_warmup_steps", args.lr_warmup_steps, 0)
+    if hasattr(args, "learning_rate"):
+        check_number("--learning_rate", args.learning_rate, 0, low_open=True)
     resolve_report_to(getattr(args, "report_to", "none"), check_only=True)
 
 
