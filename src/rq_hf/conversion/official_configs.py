@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..models.checks import check_choice
 from ..models.configuration_rq_transformer import RQTransformerConfig
 from .convert_original import rq_transformer_kwargs_from_official
 
@@ -61,15 +62,13 @@ OFFICIAL_IMAGENET_STAGE2 = {
 
 def official_rq_transformer_config(name: str) -> RQTransformerConfig:
     """`RQTransformerConfig` of an official ImageNet release (a key of `OFFICIAL_IMAGENET_STAGE2`)."""
-    if name not in OFFICIAL_IMAGENET_STAGE2:
-        raise ValueError(f"`name` must be one of {list(OFFICIAL_IMAGENET_STAGE2)}, got {name!r}.")
+    check_choice("name", name, list(OFFICIAL_IMAGENET_STAGE2))
     return RQTransformerConfig(**rq_transformer_kwargs_from_official(OFFICIAL_IMAGENET_STAGE2[name]))
 
 
 def official_batch_size(name: str) -> int:
     """Per-GPU batch size of the official training of a release."""
-    if name not in OFFICIAL_IMAGENET_STAGE2:
-        raise ValueError(f"`name` must be one of {list(OFFICIAL_IMAGENET_STAGE2)}, got {name!r}.")
+    check_choice("name", name, list(OFFICIAL_IMAGENET_STAGE2))
     return OFFICIAL_IMAGENET_STAGE2[name]["experiment"]["batch_size"]
 
 

@@ -26,7 +26,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..lora import RQTransformerLoraLoaderMixin
 from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
-from ..models.checks import check_generator, check_int, check_sampling_args
+from ..models.checks import check_choice, check_generator, check_int, check_sampling_args
 from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
 from ..models.tokenization_rq_transformer import tokenize_captions
 
@@ -347,8 +347,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
             compile: decode with static key/value caches and `torch.compile`d steps (CUDA graphs on a GPU), as
                 `generate_codes(compile=...)`: `True` or a `torch.compile` mode; the first call compiles.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        check_choice("output_type", output_type, OUTPUT_TYPES)
         tensor_inputs = self._callback_tensor_inputs if callback_on_step_end_tensor_inputs is None else list(
             callback_on_step_end_tensor_inputs
         )

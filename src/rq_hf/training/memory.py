@@ -45,6 +45,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..models.checks import check_choice
+
 STRATEGIES = ("ddp", "fsdp", "zero3")
 
 
@@ -270,8 +272,7 @@ def profile_training_memory(
 
 def memory_per_device(profile: MemoryProfile, strategy: str, num_processes: int) -> MemoryBreakdown:
     """Bytes per device of `strategy` ("ddp", "fsdp" or "zero3") over `num_processes` devices."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {strategy!r}.")
+    check_choice("strategy", strategy, STRATEGIES)
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"`num_processes` must be a positive integer, got {num_processes!r}.")
     p, pt, n = profile.num_parameters, profile.num_trainable_parameters, num_processes
