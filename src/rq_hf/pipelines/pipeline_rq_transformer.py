@@ -1,12 +1,12 @@
 """RQTransformerPipeline: text-to-image, class-conditional or unconditional generation with an RQ-VAE and an
 RQ-Transformer.
 
-The pipeline samples a code map with the transformer's ``generate_codes`` and decodes it with the RQ-VAE; a
-text-conditional transformer gets its caption token ids from the pipeline's ``tokenizer`` (a transformers
-``PreTrainedTokenizerFast``, saved in ``tokenizer/``).
+The pipeline samples a code map with the transformer's `generate_codes` and decodes it with the RQ-VAE; a
+text-conditional transformer gets its caption token ids from the pipeline's `tokenizer` (a transformers
+`PreTrainedTokenizerFast`, saved in `tokenizer/`).
 A saved pipeline folder carries the code of the pipeline and of both models, so that
-``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it even where ``rq_hf`` is not
-installed, while ``RQTransformerPipeline.from_pretrained(folder)`` uses the installed ``rq_hf`` classes.
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it even where `rq_hf` is not
+installed, while `RQTransformerPipeline.from_pretrained(folder)` uses the installed `rq_hf` classes.
 """
 
 from __future__ import annotations
@@ -317,35 +317,40 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         r"""Generate images.
 
         Args:
-            class_labels: class ids or names (resolved through `id2label`) of a class-conditional model, one per
-                image (times `num_images_per_prompt`); `None` for other models.
-            num_images: number of images of an unconditional model (default 1); for conditional models `None`
-                or the number of images the condition gives.
-            top_k, top_p: sampling filters, one value or one per code depth.
-            temperature: softmax temperature (> 0).
-            guidance_scale: classifier-free guidance scale for class- and text-conditional models (1 = no
-                guidance). The unconditional branch (the null class, or `negative_prompt` / the empty caption)
-                runs in the same batch as the conditional one.
-            generator: a `torch.Generator`, or one per image for per-image reproducibility.
-            image: with `num_prefix_positions`, an image (or one per sample) whose first `num_prefix_positions`
-                code positions (raster order) are kept while the rest is sampled (image completion).
-            num_prefix_positions: number of code positions taken from `image`.
-            output_type: `"pil"` (list of PIL images), `"np"` ((B, H, W, C) in [0, 1]), `"pt"` ((B, C, H, W) in
-                [0, 1]) or `"latent"` (the codes, long (B, h, w, D)).
-            return_dict: return an `ImagePipelineOutput` (else a tuple).
-            callback_on_step_end: called as `callback_on_step_end(pipe, step, step, callback_kwargs)` after each
-                sampled code position and returning a dict, as in diffusers; `callback_kwargs["codes"]` (B, h, w, D)
-                holds the positions sampled so far (read-only: the key/value caches already hold them). Setting
-                `pipe._interrupt = True` there stops sampling; the positions not sampled stay 0 and are decoded.
-            callback_on_step_end_tensor_inputs: the names in `callback_kwargs`, among `_callback_tensor_inputs`
-                (`["codes"]`, the default).
-            prompt: the caption(s) of a text-conditional model, one per group of `num_images_per_prompt`
-                images; refused by other models.
-            negative_prompt: with `guidance_scale != 1`, the caption(s) of the unconditional branch (one, or one
-                per prompt; ignored without guidance); default the empty caption.
-            num_images_per_prompt: images per prompt (or per class label).
-            compile: decode with static key/value caches and `torch.compile`d steps (CUDA graphs on a GPU), as
-                `generate_codes(compile=...)`: `True` or a `torch.compile` mode; the first call compiles.
+            class_labels (`int | str | list[int | str] | torch.Tensor`, *optional*): class ids or names (resolved
+                through `id2label`) of a class-conditional model, one per image (times `num_images_per_prompt`); `None`
+                for other models.
+            num_images (`int`, *optional*): number of images of an unconditional model (default 1); for
+                conditional models `None` or the number of images the condition gives.
+            top_k, top_p (`int` / `float` or a list, *optional*): sampling filters, one value or one per code depth.
+            temperature (`float`, *optional*, defaults to `1.0`): softmax temperature (> 0).
+            guidance_scale (`float`, *optional*, defaults to `1.0`): classifier-free guidance scale for class- and
+                text-conditional models (1 = no guidance). The unconditional branch (the null class, or
+                `negative_prompt` / the empty caption) runs in the same batch as the conditional one.
+            generator (`torch.Generator | list[torch.Generator]`, *optional*): a `torch.Generator`, or one per
+                image for per-image reproducibility.
+            image (`PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor`, *optional*): with
+                `num_prefix_positions`, an image (or one per sample) whose first `num_prefix_positions` code positions
+                (raster order) are kept while the rest is sampled (image completion).
+            num_prefix_positions (`int`, *optional*, defaults to `0`): number of code positions taken from `image`.
+            output_type (`str`, *optional*, defaults to `'pil'`): `"pil"` (list of PIL images), `"np"` ((B, H, W, C) in
+                [0, 1]), `"pt"` ((B, C, H, W) in [0, 1]) or `"latent"` (the codes, long (B, h, w, D)).
+            return_dict (`bool`, *optional*, defaults to `True`): return an `ImagePipelineOutput` (else a tuple).
+            callback_on_step_end (`Callable[..., dict[str, Any]]`, *optional*): called as
+                `callback_on_step_end(pipe, step, step, callback_kwargs)` after each sampled code position and returning
+                a dict, as in diffusers; `callback_kwargs["codes"]` (B, h, w, D) holds the positions sampled so far
+                (read-only: the key/value caches already hold them). Setting `pipe._interrupt = True` there stops
+                sampling; the positions not sampled stay 0 and are decoded.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the names in `callback_kwargs`, among
+                `_callback_tensor_inputs` (`["codes"]`, the default).
+            prompt (`str | list[str]`, *optional*): the caption(s) of a text-conditional model, one per group of
+                `num_images_per_prompt` images; refused by other models.
+            negative_prompt (`str | list[str]`, *optional*): with `guidance_scale != 1`, the caption(s) of the
+                unconditional branch (one, or one per prompt; ignored without guidance); default the empty caption.
+            num_images_per_prompt (`int`, *optional*, defaults to `1`): images per prompt (or per class label).
+            compile (`bool | str`, *optional*, defaults to `False`): decode with static key/value caches and
+                `torch.compile`d steps (CUDA graphs on a GPU), as `generate_codes(compile=...)`: `True` or a
+                `torch.compile` mode; the first call compiles.
         """
         check_choice("output_type", output_type, OUTPUT_TYPES)
         tensor_inputs = self._callback_tensor_inputs if callback_on_step_end_tensor_inputs is None else list(

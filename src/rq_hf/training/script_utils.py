@@ -271,8 +271,8 @@ def check_common_args(args: argparse.Namespace) -> None:
             raise ValueError("`--dataset_name` or `--train_data_dir` must be given, got neither.")
     if getattr(args, "dataset_name", None) is not None and getattr(args, "train_data_dir", None) is not None:
         raise ValueError(
-            f"`--dataset_name` and `--train_data_dir` must not both be given, got {args.dataset_name!r} and "
-            f"{args.train_data_dir!r}."
+            "`--dataset_name` and `--train_data_dir` must not both be given (only one source), got "
+            f"{args.dataset_name!r} and {args.train_data_dir!r}."
         )
     for name in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps",
                  "checkpointing_steps", "validation_steps", "resolution"):
