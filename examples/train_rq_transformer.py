@@ -82,6 +82,7 @@ import os
 from typing import Any, Callable, NamedTuple
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
+from rq_hf.models.checks import check_int, check_number, check_probability
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
@@ -294,14 +295,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.dataset_name is None and args.train_data_dir is None:
             raise ValueError("give `--codes_dataset`, `--dataset_name` or `--train_data_dir`, got none")
         check_common_args(args)
-    if not 0.0 <= args.validation_fraction < 1.0:
-        raise ValueError(f"`--validation_fraction` must be in [0, 1), got {args.validation_fraction}")
-    if args.soft_label_temperature <= 0:
-        raise ValueError(f"`--soft_label_temperature` must be > 0, got {args.soft_label_temperature}")
-    if not 0.0 <= args.ema_decay < 1.0:
-        raise ValueError(f"`--ema_decay` must be in [0, 1), got {args.ema_decay}")
-    if args.class_dropout_prob is not None and not 0.0 <= args.class_dropout_prob < 1.0:
-        raise ValueError(f"`--class_dropout_prob` must be in [0, 1), got {args.class_dropout_prob}")
+    for name in ("validation_fraction", "ema_decay", "bpe_dropout", "class_dropout_prob", "caption_dropout_prob"):
+        if getattr(args, name) is not None:
+            check_probability(f"--{name}", getattr(args, name))
+    check_number("--soft_label_temperature", args.soft_label_temperature, 0, low_open=True)
     if args.class_dropout_prob and args.label_column is None:
         raise ValueError(
             f"`--class_dropout_prob` {args.class_dropout_prob} needs a class-conditional model: give "
@@ -325,14 +322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(
             f"`--{name}` {text_flags[name]!r} needs a text-conditional model: give `--caption_column`"
         )
-    if args.caption_dropout_prob is not None and not 0.0 <= args.caption_dropout_prob < 1.0:
-        raise ValueError(f"`--caption_dropout_prob` must be in [0, 1), got {args.caption_dropout_prob}")
-    if not 0.0 <= args.bpe_dropout < 1.0:
-        raise ValueError(f"`--bpe_dropout` must be in [0, 1), got {args.bpe_dropout}")
-    if args.text_loss_weight is not None and args.text_loss_weight < 0:
-        raise ValueError(f"`--text_loss_weight` must be >= 0, got {args.text_loss_weight}")
-    if args.max_text_length is not None and args.max_text_length < 1:
-        raise ValueError(f"`--max_text_length` must be >= 1, got {args.max_text_length}")
+    if args.text_loss_weight is not None:
+        check_number("--text_loss_weight", args.text_loss_weight, 0)
+    check_int("--max_text_length", args.max_text_length, allow_none=True)
     if args.text_vocab_size < 3:
         raise ValueError(f"`--text_vocab_size` must be >= 3 ([PAD], [UNK] and one token), got {args.text_vocab_size}")
     for name in ("num_validation_images", "num_validation_classes", "max_validation_samples"):

@@ -37,6 +37,7 @@ import logging
 import os
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
+from rq_hf.models.checks import check_int, check_number
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
@@ -117,21 +118,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the flags; ``ValueError`` names the bad flag."""
     args = build_parser().parse_args(argv)
     check_common_args(args)
-    if args.perceptual_weight < 0 or args.disc_weight < 0:
-        raise ValueError(
-            f"`--perceptual_weight` and `--disc_weight` must be >= 0, got {args.perceptual_weight} and "
-            f"{args.disc_weight}"
-        )
+    check_number("--perceptual_weight", args.perceptual_weight, 0)
+    check_number("--disc_weight", args.disc_weight, 0)
     if args.perceptual_weight > 0 and not args.lpips_weights:
         raise ValueError(
             f"`--perceptual_weight` {args.perceptual_weight} needs `--lpips_weights PATH`: LPIPS uses "
             "pretrained VGG16 + linear-layer weights that cannot be downloaded here "
             "(rq_hf.training.perceptual explains how to build the file); give it or use --perceptual_weight 0"
         )
-    if args.disc_start < 0:
-        raise ValueError(f"`--disc_start` must be >= 0, got {args.disc_start}")
-    if args.num_validation_images < 1:
-        raise ValueError(f"`--num_validation_images` must be >= 1, got {args.num_validation_images}")
+    check_int("--disc_start", args.disc_start, 0)
+    check_int("--num_validation_images", args.num_validation_images)
     return args
 
 
