@@ -63,7 +63,7 @@ def load_pipeline(model_path: str, device: str | None = None):
         if model_path == DEFAULT_MODEL_PATH or not _HUB_ID.match(model_path):
             raise SystemExit(
                 f"--model_path: no pipeline folder at {model_path!r}. Make the quickstart's with\n"
-                f"    {MAKE_DEFAULT_MODEL}\n(about 10 minutes on 2 CPU cores; it writes quickstart/pipeline), or "
+                f"    {MAKE_DEFAULT_MODEL}\n(it trains both stages and writes quickstart/pipeline), or "
                 "pass --model_path with a pipeline folder or a Hub id."
             )
     try:

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse and validate; ``ValueError`` names the bad flag."""
+    """Parse and validate; `ValueError` names the bad flag."""
+    from rq_hf.models.checks import check_number
+
     args = build_parser().parse_args(argv)
     if (args.dataset_name is None) == (args.train_data_dir is None):
         raise ValueError(
@@ -74,8 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     if args.batch_size < 1:
         raise ValueError(f"`--batch_size` must be >= 1, got {args.batch_size}")
-    if not args.temperature > 0:
-        raise ValueError(f"`--temperature` must be > 0, got {args.temperature}")
+    check_number("--temperature", args.temperature, 0, low_open=True)
     return args
 
 

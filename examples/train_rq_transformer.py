@@ -82,6 +82,7 @@ import os
 from typing import Any, Callable, NamedTuple
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
+from rq_hf.models.checks import check_int, check_number, check_probability
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
@@ -294,14 +295,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.dataset_name is None and args.train_data_dir is None:
             raise ValueError("give `--codes_dataset`, `--dataset_name` or `--train_data_dir`, got none")
         check_common_args(args)
-    if not 0.0 <= args.validation_fraction < 1.0:
-        raise ValueError(f"`--validation_fraction` must be in [0, 1), got {args.validation_fraction}")
-    if args.soft_label_temperature <= 0:
-        raise ValueError(f"`--soft_label_temperature` must be > 0, got {args.soft_label_temperature}")
-    if not 0.0 <= args.ema_decay < 1.0:
-        raise ValueError(f"`--ema_decay` must be in [0, 1), got {args.ema_decay}")
-    if args.class_dropout_prob is not None and not 0.0 <= args.class_dropout_prob < 1.0:
-        raise ValueError(f"`--class_dropout_prob` must be in [0, 1), got {args.class_dropout_prob}")
+    for name in ("validation_fraction", "ema_decay", "bpe_dropout", "class_dropout_prob", "caption_dropout_prob"):
+        if getattr(args, name) is not None:
+            check_probability(f"--{name}", getattr(args, name))
+    check_number("--soft_label_temperature", args.soft_label_temperature, 0, low_open=True)
     if args.class_dropout_prob and args.label_column is None:
         raise ValueError(
             f"`--class_dropout_prob` {args.class_dropout_prob} needs a class-conditional model: give "
@@ -325,14 +322,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(
             f"`--{name}` {text_flags[name]!r} needs a text-conditional model: give `--caption_column`"
         )
-    if args.caption_dropout_prob is not None and not 0.0 <= args.caption_dropout_prob < 1.0:
-        raise ValueError(f"`--caption_dropout_prob` must be in [0, 1), got {args.caption_dropout_prob}")
-    if not 0.0 <= args.bpe_dropout < 1.0:
-        raise ValueError(f"`--bpe_dropout` must be in [0, 1), got {args.bpe_dropout}")
-    if args.text_loss_weight is not None and args.text_loss_weight < 0:
-        raise ValueError(f"`--text_loss_weight` must be >= 0, got {args.text_loss_weight}")
-    if args.max_text_length is not None and args.max_text_length < 1:
-        raise ValueError(f"`--max_text_length` must be >= 1, got {args.max_text_length}")
+    if args.text_loss_weight is not None:
+        check_number("--text_loss_weight", args.text_loss_weight, 0)
+    check_int("--max_text_length", args.max_text_length, allow_none=True)
     if args.text_vocab_size < 3:
         raise ValueError(f"`--text_vocab_size` must be >= 3 ([PAD], [UNK] and one token), got {args.text_vocab_size}")
     for name in ("num_validation_images", "num_validation_classes", "max_validation_samples"):
@@ -841,22 +833,18 @@ def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
 
     import torch
-    from tqdm.auto import tqdm
 
     from rq_hf.models.tokenization_rq_transformer import tokenize_captions, with_bpe_dropout
     from rq_hf.training.ema import make_ema_model
     from rq_hf.training.script_utils import (
-        MetricsLog,
+        StepBookkeeping,
         compute_schedule,
         count_skipped_images,
-        guard_finite,
         init_trackers,
         iterate_epochs,
         make_accelerator,
         make_lr_scheduler,
         make_train_dataloader,
-        maybe_save_checkpoint,
-        reduce_step_values,
         resume_training,
         save_and_push,
         training_card_section,
@@ -930,7 +918,6 @@ def main(argv: list[str] | None = None) -> str:
     progress = resume_training(accelerator, args, *([ema] if ema is not None else []))
 
     init_trackers(accelerator, args, "train_rq_transformer")
-    metrics = MetricsLog(accelerator, args.output_dir, args.logging_dir)
     num_params = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
     logger.info(
         "***** Training: %d rows (%s), codes %s, %s, %d processes x batch %d x accumulation %d, %d steps "
@@ -951,12 +938,7 @@ def main(argv: list[str] | None = None) -> str:
         num_params / 1e6,
         "new model" if is_new else "fine-tuning",
     )
-    progress_bar = tqdm(
-        total=schedule.max_train_steps,
-        initial=progress.global_step,
-        desc="Steps",
-        disable=not accelerator.is_local_main_process,
-    )
+    bookkeeping = StepBookkeeping(accelerator, args, schedule, progress)  # progress bar, logs, checkpoints
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def eval_model():  # the transformer itself (with its LoRA layers under --use_lora)
@@ -984,7 +966,6 @@ def main(argv: list[str] | None = None) -> str:
                 if args.soft_labels:
                     soft = vae.quantizer.soft_codes(latents.float(), args.soft_label_temperature, stochastic=True)
                     codes, targets = soft.codes, soft.probs
-            step = progress.global_step + 1
             with accelerator.accumulate(model):
                 # The WRAPPED model (DDP needs it); a tuple, as accelerate's output conversion prefers.
                 values = {}
@@ -994,8 +975,7 @@ def main(argv: list[str] | None = None) -> str:
                     output = model(codes=codes, labels=targets, **condition)
                     loss = output.loss
                     values = {"image_loss": output.image_loss.detach(), "text_loss": output.text_loss.detach()}
-                reduced = reduce_step_values(accelerator, {"loss": loss.detach(), **values})
-                guard_finite(reduced, step, args.output_dir)  # before any update: nothing bad gets saved
+                logs = bookkeeping.reduce_or_stop({"loss": loss.detach(), **values})  # NaN/inf stops before backward
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
@@ -1009,34 +989,24 @@ def main(argv: list[str] | None = None) -> str:
                 continue
             if ema is not None:
                 ema.update_parameters(unwrapped)
-            progress.global_step += 1
-            progress_bar.update(1)
-            reduced.pop("nonfinite")
-            reduced["lr"] = lr_scheduler.get_last_lr()[0]
-            reduced["grad_norm"] = scalar(grad_norm)
-            reduced["num_skipped_images"] = progress.num_skipped_images
-            progress_bar.set_postfix(loss=f"{reduced['loss']:.4f}", lr=f"{reduced['lr']:.2e}")
-            last_step = progress.global_step >= schedule.max_train_steps  # validated after the loop
-            if progress.global_step % args.validation_steps == 0 and not last_step:
+            logs = bookkeeping.step_done(logs, lr=lr_scheduler.get_last_lr()[0], grad_norm=scalar(grad_norm))
+            if bookkeeping.validation_due():  # not at the last step: the final model is validated below
                 whole = full_model_on_main(accelerator, model, eval_model())  # sharded: gathered (all ranks)
                 if accelerator.is_main_process:
-                    reduced.update(validate(vae, whole, held_out, args, progress.global_step, device, tokenizer))
-                    if "val/bits_per_code" in reduced:
-                        logger.info(
-                            "step %d: validation %.4f bits/code", progress.global_step, reduced["val/bits_per_code"]
-                        )
-            metrics.log(reduced, step=progress.global_step)
-            maybe_save_checkpoint(accelerator, args, progress.global_step)
-            if progress.global_step >= schedule.max_train_steps:
+                    logs.update(validate(vae, whole, held_out, args, progress.global_step, device, tokenizer))
+                    if "val/bits_per_code" in logs:
+                        bits = logs["val/bits_per_code"]
+                        logger.info("step %d: validation %.4f bits/code", progress.global_step, bits)
+            if bookkeeping.log_and_checkpoint(logs):  # True once max_train_steps is reached
                 break
-    progress_bar.close()
+    bookkeeping.close()
 
     # ------------------------------------------------------------------ final pipeline
     accelerator.wait_for_everyone()
     final_model = full_model_on_main(accelerator, model, eval_model())  # sharded: gathered, on the main process
     if accelerator.is_main_process:
         final = validate(vae, final_model, held_out, args, progress.global_step, device, tokenizer)
-        metrics.log(final, step=progress.global_step)
+        bookkeeping.log(final)
         card_metrics = {"training steps": progress.global_step}
         if "val/bits_per_code" in final:
             card_metrics["validation NLL (bits per code)"] = round(final["val/bits_per_code"], 4)

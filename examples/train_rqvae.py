@@ -37,6 +37,7 @@ import logging
 import os
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
+from rq_hf.models.checks import check_int, check_number
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
@@ -117,21 +118,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the flags; ``ValueError`` names the bad flag."""
     args = build_parser().parse_args(argv)
     check_common_args(args)
-    if args.perceptual_weight < 0 or args.disc_weight < 0:
-        raise ValueError(
-            f"`--perceptual_weight` and `--disc_weight` must be >= 0, got {args.perceptual_weight} and "
-            f"{args.disc_weight}"
-        )
+    check_number("--perceptual_weight", args.perceptual_weight, 0)
+    check_number("--disc_weight", args.disc_weight, 0)
     if args.perceptual_weight > 0 and not args.lpips_weights:
         raise ValueError(
             f"`--perceptual_weight` {args.perceptual_weight} needs `--lpips_weights PATH`: LPIPS uses "
             "pretrained VGG16 + linear-layer weights that cannot be downloaded here "
             "(rq_hf.training.perceptual explains how to build the file); give it or use --perceptual_weight 0"
         )
-    if args.disc_start < 0:
-        raise ValueError(f"`--disc_start` must be >= 0, got {args.disc_start}")
-    if args.num_validation_images < 1:
-        raise ValueError(f"`--num_validation_images` must be >= 1, got {args.num_validation_images}")
+    check_int("--disc_start", args.disc_start, 0)
+    check_int("--num_validation_images", args.num_validation_images)
     return args
 
 
@@ -183,7 +179,6 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     from rq_hf.data import ImageTransform, collate_images, with_image_transform
     from rq_hf.training.adversarial import (
@@ -194,18 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     from rq_hf.training.discriminator import PatchGANDiscriminator
     from rq_hf.training.script_utils import (
-        MetricsLog,
+        StepBookkeeping,
         compute_schedule,
         count_skipped_images,
-        guard_finite,
         init_trackers,
         iterate_epochs,
         load_train_dataset,
         make_accelerator,
         make_lr_scheduler,
         make_train_dataloader,
-        maybe_save_checkpoint,
-        reduce_step_values,
         resume_training,
         save_and_push,
     )
@@ -289,7 +281,6 @@ def main(argv: list[str] | None = None) -> None:
     progress = resume_training(accelerator, args)  # step 0, or where --resume_from_checkpoint left off
 
     init_trackers(accelerator, args, "train_rqvae")
-    metrics = MetricsLog(accelerator, args.output_dir, args.logging_dir)
     num_params = sum(p.numel() for p in unwrapped_vae.parameters())
     logger.info(
         "***** Training: %d images, %d processes x batch %d x accumulation %d, %d steps (%d epochs), "
@@ -297,8 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         args.gradient_accumulation_steps, schedule.max_train_steps, schedule.num_train_epochs,
         num_params / 1e6,
     )
-    progress_bar = tqdm(total=schedule.max_train_steps, initial=progress.global_step, desc="Steps",
-                        disable=not accelerator.is_local_main_process)
+    bookkeeping = StepBookkeeping(accelerator, args, schedule, progress)  # progress bar, logs, checkpoints
     rec_fn = F.mse_loss if args.reconstruction_loss == "mse" else F.l1_loss
     device = accelerator.device
 
@@ -312,7 +302,6 @@ def main(argv: list[str] | None = None) -> None:
             if count_skipped_images(accelerator, batch, progress):  # every process skips this batch together
                 continue
             pixel_values = batch["pixel_values"]
-            step = progress.global_step + 1
             with accelerator.accumulate(*trained_models):
                 # The WRAPPED model (DDP needs it); this also updates the EMA codebooks. A tuple, because
                 # accelerate's mixed-precision output conversion rebuilds mappings with one positional
@@ -345,8 +334,7 @@ def main(argv: list[str] | None = None) -> None:
                 for d in range(codebook_usage.shape[0]):
                     values[f"codebook_usage/depth{d}"] = codebook_usage[d]
                     values[f"perplexity/depth{d}"] = perplexity[d]
-                reduced = reduce_step_values(accelerator, values)
-                guard_finite(reduced, step, args.output_dir)  # before any update: nothing bad gets saved
+                logs = bookkeeping.reduce_or_stop(values)  # NaN/inf stops here, before any update
 
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
@@ -365,31 +353,24 @@ def main(argv: list[str] | None = None) -> None:
 
             if not accelerator.sync_gradients:
                 continue
-            progress.global_step += 1
-            progress_bar.update(1)
-            reduced.pop("nonfinite")
-            reduced["lr"] = lr_scheduler.get_last_lr()[0]
             if use_disc:
-                reduced["lr_discriminator"] = discr_lr_scheduler.get_last_lr()[0]
-            reduced["disc_factor"] = float(disc_factor) if use_disc else 0.0
-            reduced["num_skipped_images"] = progress.num_skipped_images
-            progress_bar.set_postfix(rec=f"{reduced['rec_loss']:.4f}", loss=f"{reduced['loss']:.4f}")
-            if progress.global_step % args.validation_steps == 0 and accelerator.is_main_process:
-                reduced["val/psnr"] = validate(unwrapped_vae, validation_images.to(device), args.output_dir,
-                                               progress.global_step)
-                logger.info("step %d: validation PSNR %.2f dB", progress.global_step, reduced["val/psnr"])
-            metrics.log(reduced, step=progress.global_step)
-            maybe_save_checkpoint(accelerator, args, progress.global_step)
-            if progress.global_step >= schedule.max_train_steps:
+                logs["lr_discriminator"] = discr_lr_scheduler.get_last_lr()[0]
+            logs = bookkeeping.step_done(logs, lr=lr_scheduler.get_last_lr()[0],
+                                         disc_factor=float(disc_factor) if use_disc else 0.0)  # global_step += 1
+            if bookkeeping.validation_due() and accelerator.is_main_process:
+                logs["val/psnr"] = validate(unwrapped_vae, validation_images.to(device), args.output_dir,
+                                            progress.global_step)
+                logger.info("step %d: validation PSNR %.2f dB", progress.global_step, logs["val/psnr"])
+            if bookkeeping.log_and_checkpoint(logs):  # True once max_train_steps is reached
                 break
-    progress_bar.close()
+    bookkeeping.close()
 
     # ------------------------------------------------------------------ final model
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final_psnr = validate(unwrapped_vae, validation_images.to(device), args.output_dir,
                               progress.global_step)
-        metrics.log({"val/psnr": final_psnr}, step=progress.global_step)
+        bookkeeping.log({"val/psnr": final_psnr})
         metrics_for_card = {"validation PSNR (dB)": round(final_psnr, 2), "training steps": progress.global_step}
         h, w, depth = unwrapped_vae.code_shape_for(args.resolution, args.resolution)
         repo_id = save_and_push(

@@ -1,4 +1,4 @@
-"""Image data for training, evaluation and the examples: loading (Hub, ``save_to_disk`` folder, imagefolder,
+"""Image data for training, evaluation and the examples: loading (Hub, `save_to_disk` folder, imagefolder,
 Fashion-MNIST), transforms written with PIL/numpy/torch (no torchvision here), and a collate function that drops
 undecodable images.
 
@@ -25,6 +25,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .models.checks import check_int
+
 __all__ = [
     "FASHION_MNIST_CLASSES",
     "ROW_INDEX_COLUMN",
@@ -44,7 +46,7 @@ FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-#: Column of row indices added by ``with_image_transform(seed=...)`` (per-row augmentation seeds).
+#: Column of row indices added by `with_image_transform(seed=...)` (per-row augmentation seeds).
 ROW_INDEX_COLUMN = "__row_index__"
 FASHION_MNIST_HUB_ID = "fashion_mnist"
 _FASHION_MNIST_FILES = {"train": "train", "test": "t10k"}
@@ -54,26 +56,26 @@ _FASHION_MNIST_FILES = {"train": "train", "test": "t10k"}
 
 
 def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> datasets.Dataset:
-    """Fashion-MNIST as a ``datasets.Dataset`` with columns ``image`` (``Image``, grayscale 28x28 PIL) and
-    ``label`` (``ClassLabel`` with :data:`FASHION_MNIST_CLASSES`).
+    """Fashion-MNIST as a `datasets.Dataset` with columns `image` (`Image`, grayscale 28x28 PIL) and
+    `label` (`ClassLabel` with [`FASHION_MNIST_CLASSES`]).
 
-    Read from the original idx ``.gz`` files in ``root`` (default ``/usr/share/datasets/fashion-mnist``, where
-    the Debian package ``dataset-fashion-mnist`` puts them). Each image is stored as the bytes of a binary
+    Read from the original idx `.gz` files in `root` (default `/usr/share/datasets/fashion-mnist`, where
+    the Debian package `dataset-fashion-mnist` puts them). Each image is stored as the bytes of a binary
     PGM (netpbm) file: lossless, decoded by PIL as mode "L", and built from the numpy array without any
-    compression, so the 60,000 training images load in about a second (no cache needed). When the folder
-    does not hold the files, the Hub dataset ``fashion_mnist`` is loaded instead (its labels are cast to
+    compression, so the images load quickly without a cache. When the folder
+    does not hold the files, the Hub dataset `fashion_mnist` is loaded instead (its labels are cast to
     the same class names).
 
     Args:
-        split: ``"train"`` (60,000 images) or ``"test"`` (10,000 images).
-        root: folder with ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``.
+        split (`str`, *optional*, defaults to `'train'`): `"train"` (60,000 images) or `"test"` (10,000 images).
+        root (`str | os.PathLike`, *optional*): folder with `{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz`.
 
     Raises:
-        ValueError: unknown ``split``, or malformed idx files.
+        ValueError: unknown `split`, or malformed idx files.
         FileNotFoundError: neither the local files nor the Hub dataset can be read (e.g. offline).
     """
     if split not in _FASHION_MNIST_FILES:
-        raise ValueError(f"load_fashion_mnist: `split` must be 'train' or 'test', got {split!r}")
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}")
     root = os.fspath(root) if root is not None else FASHION_MNIST_DIR
     prefix = _FASHION_MNIST_FILES[split]
     images_path = os.path.join(root, f"{prefix}-images-idx3-ubyte.gz")
@@ -134,21 +136,21 @@ def load_image_dataset(
 
     Exactly one source:
 
-    - ``dataset_name``: a local folder written by ``save_to_disk`` (read with ``load_from_disk``; a
-      ``DatasetDict`` gives its ``split``), or else anything ``datasets.load_dataset`` accepts (a Hub id,
-      a local dataset folder), with ``dataset_config_name``;
-    - ``train_data_dir``: a folder of images read by the ``imagefolder`` builder (class subfolders become a
-      ``label`` column).
+    - `dataset_name`: a local folder written by `save_to_disk` (read with `load_from_disk`; a
+      `DatasetDict` gives its `split`), or else anything `datasets.load_dataset` accepts (a Hub id,
+      a local dataset folder), with `dataset_config_name`;
+    - `train_data_dir`: a folder of images read by the `imagefolder` builder (class subfolders become a
+      `label` column).
 
     Args:
-        split: the split to return.
-        cache_dir: ``datasets`` cache folder for ``load_dataset``.
-        image_column: must exist and be an ``Image`` feature.
-        label_column: if given, must exist too.
+        split (`str`, *optional*, defaults to `'train'`): the split to return.
+        cache_dir (`str`, *optional*): `datasets` cache folder for `load_dataset`.
+        image_column (`str`, *optional*, defaults to `'image'`): must exist and be an `Image` feature.
+        label_column (`str`, *optional*): if given, must exist too.
 
     Raises:
         ValueError: no or two sources, a missing split, a missing column (the message lists the columns),
-            a non-image ``image_column``, or an empty dataset.
+            a non-image `image_column`, or an empty dataset.
     """
     if (dataset_name is None) == (train_data_dir is None):
         raise ValueError(
@@ -157,7 +159,7 @@ def load_image_dataset(
         )
     if train_data_dir is not None:
         if not os.path.isdir(train_data_dir):
-            raise ValueError(f"load_image_dataset: `train_data_dir` must be a folder, got {train_data_dir!r}")
+            raise ValueError(f"`train_data_dir` must be a folder, got {train_data_dir!r}")
         source = f"train_data_dir={train_data_dir!r}"
         try:
             dataset = datasets.load_dataset(
@@ -176,7 +178,7 @@ def load_image_dataset(
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
                 raise ValueError(
-                    f"load_image_dataset: `split` {split!r} is not in {source}; available: {list(dataset)}"
+                    f"`split` {split!r} is not in {source}; available: {list(dataset)}"
                 )
             dataset = dataset[split]
     else:
@@ -193,28 +195,28 @@ def check_image_dataset(
     source: str = "dataset",
     caption_column: str | None = None,
 ) -> None:
-    """Raise ``ValueError`` if ``dataset`` is empty, lacks ``image_column`` / ``label_column`` /
-    ``caption_column``, if ``image_column`` is not an ``Image`` feature or ``caption_column`` not a string
-    ``Value``. Messages name the argument and list the columns."""
+    """Raise `ValueError` if `dataset` is empty, lacks `image_column` / `label_column` /
+    `caption_column`, if `image_column` is not an `Image` feature or `caption_column` not a string
+    `Value`. Messages name the argument and list the columns."""
     if len(dataset) == 0:
         raise ValueError(f"load_image_dataset: {source} is empty (0 rows)")
     check_caption_column(dataset, caption_column, source)
     for argument, column in (("image_column", image_column), ("label_column", label_column)):
         if column is not None and column not in dataset.column_names:
             raise ValueError(
-                f"load_image_dataset: `{argument}` {column!r} is not a column of {source}; "
+                f"`{argument}` {column!r} is not a column of {source}; "
                 f"available columns: {dataset.column_names}"
             )
     feature = dataset.features[image_column]
     if not isinstance(feature, datasets.Image):
         raise ValueError(
-            f"load_image_dataset: `image_column` {image_column!r} must be a datasets.Image feature, "
+            f"`image_column` {image_column!r} must be a datasets.Image feature, "
             f"got {feature}"
         )
 
 
 def check_caption_column(dataset: datasets.Dataset, caption_column: str | None, source: str = "dataset") -> None:
-    """Raise ``ValueError`` unless ``caption_column`` (when given) is a string column of ``dataset``."""
+    """Raise `ValueError` unless `caption_column` (when given) is a string column of `dataset`."""
     if caption_column is None:
         return
     if caption_column not in dataset.column_names:
@@ -243,21 +245,21 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 class ImageTransform:
     """PIL image -> float tensor (C, H, W) in [-1, 1], as diffusers' training scripts do with torchvision.
 
-    Steps: convert to ``num_channels`` (3: RGB, 1: grayscale, None: keep grayscale as 1 channel and make
-    everything else RGB); then either pad or resize; then crop to ``resolution`` x ``resolution``
-    (center, or random when ``center_crop=False``); then a horizontal flip with probability 0.5 when
-    ``random_flip``.
+    Steps: convert to `num_channels` (3: RGB, 1: grayscale, None: keep grayscale as 1 channel and make
+    everything else RGB); then either pad or resize; then crop to `resolution` x `resolution`
+    (center, or random when `center_crop=False`); then a horizontal flip with probability 0.5 when
+    `random_flip`.
 
-    - Resize: the shorter side to ``resolution`` with ``interpolation`` (bilinear by default, as diffusers
+    - Resize: the shorter side to `resolution` with `interpolation` (bilinear by default, as diffusers
       and the official RQ-VAE code).
-    - ``pad_to_resolution=True``: an image whose sides are both <= ``resolution`` is padded (centred, with
-      ``pad_value``) instead of being upscaled, so its pixels stay exact. This is what the Fashion-MNIST
+    - `pad_to_resolution=True`: an image whose sides are both <= `resolution` is padded (centred, with
+      `pad_value`) instead of being upscaled, so its pixels stay exact. This is what the Fashion-MNIST
       quickstart uses: 28x28 -> 32x32 with a 2-pixel black border (the background is black there). Larger
       images are still resized.
 
-    Randomness (random crop, flip) comes from the ``generator`` passed to ``__call__`` or, when it is None,
-    from torch's global RNG. In a ``DataLoader`` that global RNG is seeded per worker from the main
-    process's RNG, which ``accelerate.utils.set_seed`` seeds, so runs repeat with the same seed.
+    Randomness (random crop, flip) comes from the `generator` passed to `__call__` or, when it is None,
+    from torch's global RNG. In a `DataLoader` that global RNG is seeded per worker from the main
+    process's RNG, which `accelerate.utils.set_seed` seeds, so runs repeat with the same seed.
     """
 
     def __init__(
@@ -270,16 +272,15 @@ class ImageTransform:
         pad_to_resolution: bool = False,
         pad_value: int = 0,
     ):
-        if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 1:
-            raise ValueError(f"ImageTransform: `resolution` must be a positive int, got {resolution!r}")
+        check_int("resolution", resolution)
         if num_channels not in (1, 3, None):
-            raise ValueError(f"ImageTransform: `num_channels` must be 1, 3 or None, got {num_channels!r}")
+            raise ValueError(f"`num_channels` must be 1, 3 or None, got {num_channels!r}")
         if interpolation not in _RESAMPLE:
             raise ValueError(
-                f"ImageTransform: `interpolation` must be one of {sorted(_RESAMPLE)}, got {interpolation!r}"
+                f"`interpolation` must be one of {sorted(_RESAMPLE)}, got {interpolation!r}"
             )
         if not 0 <= pad_value <= 255:
-            raise ValueError(f"ImageTransform: `pad_value` must be in [0, 255], got {pad_value!r}")
+            raise ValueError(f"`pad_value` must be in [0, 255], got {pad_value!r}")
         self.resolution = resolution
         self.center_crop = center_crop
         self.random_flip = random_flip
@@ -298,7 +299,7 @@ class ImageTransform:
     def __call__(self, image: PIL.Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         """Transform one PIL image; see the class docstring."""
         if not isinstance(image, PIL.Image.Image):
-            raise TypeError(f"ImageTransform: `image` must be a PIL.Image.Image, got {type(image).__name__}")
+            raise TypeError(f"`image` must be a PIL.Image.Image, got {type(image).__name__}")
         image = self._convert(image)
         res = self.resolution
         width, height = image.size
@@ -333,27 +334,27 @@ class ImageTransform:
 
 
 class ImageBatchTransform:
-    """Batch function for ``Dataset.with_transform``: decodes and transforms ``image_column`` itself.
+    """Batch function for `Dataset.with_transform`: decodes and transforms `image_column` itself.
 
-    The image column is expected undecoded (``datasets.Image(decode=False)``: dicts with ``bytes`` /
-    ``path``), so an undecodable file is caught here rather than deep inside ``datasets``. Already
+    The image column is expected undecoded (`datasets.Image(decode=False)`: dicts with `bytes` /
+    `path`), so an undecodable file is caught here rather than deep inside `datasets`. Already
     decoded PIL images are accepted too.
 
-    Undecodable images (``on_decode_error``):
+    Undecodable images (`on_decode_error`):
 
-    - ``"skip"`` (default): the row's ``pixel_values`` is None, a warning names the file, and
-      ``num_skipped`` counts it in this process; :func:`collate_images` drops such rows and reports how
-      many it dropped per batch (``batch["num_skipped"]``, the way to count across DataLoader workers).
+    - `"skip"` (default): the row's `pixel_values` is None, a warning names the file, and
+      `num_skipped` counts it in this process; [`collate_images`] drops such rows and reports how
+      many it dropped per batch (`batch["num_skipped"]`, the way to count across DataLoader workers).
       Chosen so that one bad file among millions does not stop a long run.
-    - ``"raise"``: a ``ValueError`` naming the file (and row) stops the run.
+    - `"raise"`: a `ValueError` naming the file (and row) stops the run.
 
-    Output rows: ``pixel_values`` (tensor or None), ``class_labels`` (when ``label_column`` is given),
-    ``captions`` (when ``caption_column`` is given) and ``image_source`` (the file path, or ``"<bytes>"``).
+    Output rows: `pixel_values` (tensor or None), `class_labels` (when `label_column` is given),
+    `captions` (when `caption_column` is given) and `image_source` (the file path, or `"<bytes>"`).
 
-    Random augmentations (``seed``): with ``seed=None`` the transform draws from torch's global RNG. With
-    an int ``seed``, each row gets its own ``torch.Generator`` seeded from ``(seed, epoch, row index)``
-    (the row index comes from the :data:`ROW_INDEX_COLUMN` column that :func:`with_image_transform` adds),
-    so an augmentation depends only on the seed, the epoch (:meth:`set_epoch`) and the row: it is the same
+    Random augmentations (`seed`): with `seed=None` the transform draws from torch's global RNG. With
+    an int `seed`, each row gets its own `torch.Generator` seeded from `(seed, epoch, row index)`
+    (the row index comes from the [`ROW_INDEX_COLUMN`] column that [`with_image_transform`] adds),
+    so an augmentation depends only on the seed, the epoch ([`set_epoch`]) and the row: it is the same
     whichever process, DataLoader worker or resumed run loads the row, and loading data never touches the
     global RNG (which checkpoints save for the model's own randomness).
     """
@@ -369,10 +370,10 @@ class ImageBatchTransform:
     ):
         if on_decode_error not in ("skip", "raise"):
             raise ValueError(
-                f"ImageBatchTransform: `on_decode_error` must be 'skip' or 'raise', got {on_decode_error!r}"
+                f"`on_decode_error` must be 'skip' or 'raise', got {on_decode_error!r}"
             )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-            raise ValueError(f"ImageBatchTransform: `seed` must be None or an int >= 0, got {seed!r}")
+            raise ValueError(f"`seed` must be None or an int >= 0, got {seed!r}")
         self.seed = seed
         self.epoch = 0
         self.transform = transform
@@ -386,7 +387,7 @@ class ImageBatchTransform:
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         if self.image_column not in batch:
             raise ValueError(
-                f"ImageBatchTransform: `image_column` {self.image_column!r} is not in the batch; "
+                f"`image_column` {self.image_column!r} is not in the batch; "
                 f"got columns {list(batch)}"
             )
         if self.seed is not None and ROW_INDEX_COLUMN not in batch:
@@ -423,7 +424,7 @@ class ImageBatchTransform:
 
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose augmentations are drawn (only matters with ``seed``)."""
+        """Select the epoch whose augmentations are drawn (only matters with `seed`)."""
         self.epoch = int(epoch)
 
 
@@ -444,13 +445,13 @@ def with_image_transform(
     seed: int | None = None,
     caption_column: str | None = None,
 ) -> datasets.Dataset:
-    """Return ``dataset`` with ``image_column`` cast to ``Image(decode=False)`` and an
-    :class:`ImageBatchTransform` set with ``with_transform`` (rows are transformed lazily on access).
+    """Return `dataset` with `image_column` cast to `Image(decode=False)` and an
+    [`ImageBatchTransform`] set with `with_transform` (rows are transformed lazily on access).
 
-    Only ``image_column``, ``label_column`` and ``caption_column`` are read. See :class:`ImageBatchTransform`
-    for the rows it yields, ``on_decode_error`` and ``seed`` (which adds a :data:`ROW_INDEX_COLUMN` column). The
-    transform object is ``dataset.format["format_kwargs"]["transform"]``; call its ``set_epoch`` before
-    each epoch (``rq_hf.training.script_utils.iterate_epochs`` does).
+    Only `image_column`, `label_column` and `caption_column` are read. See [`ImageBatchTransform`]
+    for the rows it yields, `on_decode_error` and `seed` (which adds a [`ROW_INDEX_COLUMN`] column). The
+    transform object is `dataset.format["format_kwargs"]["transform"]`; call its `set_epoch` before
+    each epoch (`rq_hf.training.script_utils.iterate_epochs` does).
     """
     check_image_dataset(dataset, image_column=image_column, label_column=label_column, caption_column=caption_column)
     dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
@@ -467,12 +468,12 @@ def with_image_transform(
 
 
 def collate_images(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Collate rows of :func:`with_image_transform`, dropping those whose image could not be decoded.
+    """Collate rows of [`with_image_transform`], dropping those whose image could not be decoded.
 
-    Returns ``{"pixel_values": (B', C, H, W) float tensor, or None when every row was dropped,
+    Returns `{"pixel_values": (B', C, H, W) float tensor, or None when every row was dropped,
     "class_labels": (B',) long tensor (when present), "captions": list of B' strings (when present),
-    "num_skipped": int}``. A training loop must skip a
-    batch whose ``pixel_values`` is None (under DDP, all processes must then skip together, e.g. by an
+    "num_skipped": int}`. A training loop must skip a
+    batch whose `pixel_values` is None (under DDP, all processes must then skip together, e.g. by an
     all-reduce of the flag, or the collective ops will wait forever).
     """
     kept = [example for example in examples if example["pixel_values"] is not None]

@@ -3,20 +3,20 @@
     python -m rq_hf.export_onnx --model_path rqvae --output_dir rqvae-onnx
     python -m rq_hf.export_onnx --model_path quickstart/pipeline --output_dir rqvae-onnx   # a pipeline's RQ-VAE
 
-writes, into ``--output_dir``:
+writes, into `--output_dir`:
 
-- ``encoder.onnx``: input ``images`` float32 (batch, C, H, W) in [-1, 1]; output ``codes`` int64
-  (batch, h, w, D), the codes of ``RQVAEModel.encode(images).codes``;
-- ``decoder.onnx``: input ``codes`` int64 (batch, h, w, D); output ``images`` float32 (batch, C, H, W) in
-  about [-1, 1], as ``RQVAEModel.decode_codes(codes).sample``;
-- ``config.json`` (the RQ-VAE's) and a ``README.md`` naming the inputs and outputs.
+- `encoder.onnx`: input `images` float32 (batch, C, H, W) in [-1, 1]; output `codes` int64
+  (batch, h, w, D), the codes of `RQVAEModel.encode(images).codes`;
+- `decoder.onnx`: input `codes` int64 (batch, h, w, D); output `images` float32 (batch, C, H, W) in
+  about [-1, 1], as `RQVAEModel.decode_codes(codes).sample`;
+- `config.json` (the RQ-VAE's) and a `README.md` naming the inputs and outputs.
 
-The batch size is dynamic; H and W are those of the export (``--height`` / ``--width``, by default the
-model's ``sample_size``). Weights are stored inside the ``.onnx`` files, or beside them as ``<name>.onnx.data``
-for models over 1 GiB. Then ``onnxruntime`` runs the check: the codes and images of both runtimes on
-``--num_check_images`` seeded random images are compared and printed. The export goes through
-``torch.onnx.export`` (dynamo exporter; needs ``pip install -e ".[onnx]"``). Optimum's exporter does not fit:
-``optimum-onnx`` requires transformers < 4.58.
+The batch size is dynamic; H and W are those of the export (`--height` / `--width`, by default the
+model's `sample_size`). Weights are stored inside the `.onnx` files, or beside them as `<name>.onnx.data`
+for models over 1 GiB. Then `onnxruntime` runs the check: the codes and images of both runtimes on
+`--num_check_images` seeded random images are compared and printed. The export goes through
+`torch.onnx.export` (dynamo exporter; needs `pip install -e ".[onnx]"`). Optimum's exporter does not fit:
+`optimum-onnx` requires transformers < 4.58.
 """
 
 from __future__ import annotations
@@ -119,11 +119,13 @@ def export_rqvae_to_onnx(
     """Write `encoder.onnx`, `decoder.onnx`, `config.json` and `README.md` into `output_dir` (atomically).
 
     Args:
-        vae: the RQ-VAE (exported in fp32, on the CPU; the model itself is left as it was).
-        output_dir: folder to write; files of an earlier export there are replaced only once all are written.
-        height, width: image size of the graphs (default: `vae.config.sample_size`); the batch is dynamic.
-        opset_version: ONNX opset (default: the exporter's).
-        source: where the model came from, for the README.
+        vae (`RQVAEModel`): the RQ-VAE (exported in fp32, on the CPU; the model itself is left as it was).
+        output_dir (`str | os.PathLike`): folder to write; files of an earlier export there are replaced only once all
+            are written.
+        height, width (`int`, *optional*): image size of the graphs (default: `vae.config.sample_size`); the
+            batch is dynamic.
+        opset_version (`int`, *optional*): ONNX opset (default: the exporter's).
+        source (`str`, *optional*, defaults to `'an RQVAEModel'`): where the model came from, for the README.
 
     Returns:
         `{"encoder": path, "decoder": path}`.

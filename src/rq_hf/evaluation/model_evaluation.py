@@ -1,7 +1,7 @@
 """Whole-model evaluations built from the metrics: an RQ-VAE's reconstructions, a pipeline's samples, and a
-transformer's likelihood of held-out codes. Each returns a plain JSON-serialisable ``dict``.
+transformer's likelihood of held-out codes. Each returns a plain JSON-serialisable `dict`.
 
-Used by ``examples/evaluate.py`` and ``benchmarks/depth_ablation.py``::
+Used by `examples/evaluate.py` and `benchmarks/depth_ablation.py`::
 
     images, labels = load_image_tensors(dataset, resolution=32, num_channels=1, pad_to_resolution=True)
     report = evaluate_reconstruction(vae, images, feature_extractor=InceptionFeatureExtractor(), fid_num_images=500)
@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..models.checks import check_int
 from .classifier import predict
 from .inception_fid import (
     FeatureExtractor,
@@ -53,23 +54,24 @@ def load_image_tensors(
     label_column: str | None = None,
     batch_size: int = 256,
 ) -> ImageSet:
-    """Turn a ``datasets.Dataset`` of images into one tensor (center crops, no flips: deterministic).
+    """Turn a `datasets.Dataset` of images into one tensor (center crops, no flips: deterministic).
 
     Args:
-        dataset: a ``datasets.Dataset`` with an ``Image`` column (e.g. from ``load_image_dataset``).
-        resolution: side of the square images.
-        num_channels: 1 (grayscale), 3 (RGB) or None (keep grayscale), as ``ImageTransform``.
-        pad_to_resolution: pad smaller images instead of upscaling them (Fashion-MNIST 28 -> 32).
-        max_samples: keep the first ``max_samples`` rows (None: all).
-        label_column: a column of integer class labels to return beside the images.
+        dataset (`Any`): a `datasets.Dataset` with an `Image` column (e.g. from `load_image_dataset`).
+        resolution (`int`): side of the square images.
+        num_channels (`int`, *optional*, defaults to `3`): 1 (grayscale), 3 (RGB) or None (keep grayscale), as
+            `ImageTransform`.
+        pad_to_resolution (`bool`, *optional*, defaults to `False`): pad smaller images instead of upscaling them
+            (Fashion-MNIST 28 -> 32).
+        max_samples (`int`, *optional*): keep the first `max_samples` rows (None: all).
+        label_column (`str`, *optional*): a column of integer class labels to return beside the images.
     """
     from torch.utils.data import DataLoader
 
     from ..data import ImageTransform, collate_images, with_image_transform
 
     if max_samples is not None:
-        if not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"`max_samples` must be a positive int or None, got {max_samples!r}")
+        check_int("max_samples", max_samples)
         dataset = dataset.select(range(min(max_samples, len(dataset))))
     transform = ImageTransform(
         resolution, center_crop=True, num_channels=num_channels, pad_to_resolution=pad_to_resolution
@@ -90,13 +92,6 @@ def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> 
             raise ValueError(f"`images` must be a tensor (N, C, H, W) in [-1, 1], got shape {tuple(images.shape)}")
         return images.split(batch_size)
     return images
-
-
-def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -120,26 +115,29 @@ def evaluate_reconstruction(
     real_features: torch.Tensor | None = None,
     compute_ssim: bool = True,
 ) -> dict[str, Any]:
-    """Reconstruction metrics of an ``RQVAEModel`` over a set of images.
+    """Reconstruction metrics of an `RQVAEModel` over a set of images.
 
-    - ``psnr`` (dB, per image then averaged, capped at 100), ``ssim`` (Gaussian window 11, sigma 1.5);
-    - ``codebook_usage`` / ``perplexity``: one value per depth over all codes of the set (usage: fraction
+    - `psnr` (dB, per image then averaged, capped at 100), `ssim` (Gaussian window 11, sigma 1.5);
+    - `codebook_usage` / `perplexity`: one value per depth over all codes of the set (usage: fraction
       of the K codes that occur; perplexity: exp of the code entropy, between 1 and K);
-    - with a ``feature_extractor`` (e.g. ``InceptionFeatureExtractor``): ``rfid``, the FID between the
-      reconstructions of the first N images and those N originals, and ``rfid_real_vs_real``, the FID
+    - with a `feature_extractor` (e.g. `InceptionFeatureExtractor`): `rfid`, the FID between the
+      reconstructions of the first N images and those N originals, and `rfid_real_vs_real`, the FID
       between originals N..2N and the first N (None when fewer than 2N images are given), N =
-      ``fid_num_images`` (default: all images, then without a baseline).
+      `fid_num_images` (default: all images, then without a baseline).
 
     Args:
-        vae: the model (``encode``, ``decode_codes``, ``config.codebook_size``); run in eval mode, its mode
-            is restored afterwards.
-        images: a tensor (N, C, H, W) in [-1, 1] or an iterable of such batches.
-        real_features: features of the originals, precomputed with the same extractor (at least N rows, in
-            the order of ``images``), to share one pass over the real set between several models.
-        compute_ssim: SSIM needs torchmetrics (the ``eval`` extra); False skips it (reported as None).
+        vae (`nn.Module`): the model (`encode`, `decode_codes`, `config.codebook_size`); run in eval mode, its mode is
+            restored afterwards.
+        images (`torch.Tensor | Iterable[torch.Tensor]`): a tensor (N, C, H, W) in [-1, 1] or an iterable of such
+            batches.
+        real_features (`torch.Tensor`, *optional*): features of the originals, precomputed with the same
+            extractor (at least N rows, in the order of `images`), to share one pass over the real set between several
+            models.
+        compute_ssim (`bool`, *optional*, defaults to `True`): SSIM needs torchmetrics (the `eval` extra); False skips
+            it (reported as None).
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("fid_num_images", fid_num_images, allow_none=True)
+    check_int("batch_size", batch_size)
+    check_int("fid_num_images", fid_num_images, allow_none=True)
     device = _model_device(vae)
     dtype = next(vae.parameters()).dtype
     keep = None if fid_num_images is None else 2 * fid_num_images
@@ -185,7 +183,7 @@ def evaluate_reconstruction(
         real_images = torch.cat(originals)
         n = real_images.shape[0] if fid_num_images is None else min(fid_num_images, real_images.shape[0])
         if n < 2:
-            raise ValueError(f"rFID needs at least 2 images, got {n}")
+            raise ValueError(f"`images` must hold at least 2 images for rFID (see `fid_num_images`), got {n}.")
         recon_features = extract_features(torch.cat(reconstructions)[:n], feature_extractor)
         if real_features is None:
             real_features = extract_features(real_images[: 2 * n], feature_extractor)
@@ -206,14 +204,14 @@ def generate_images(
     generator: torch.Generator | None = None,
     **sampling_kwargs: Any,
 ) -> ImageSet:
-    """Sample ``num_images`` images (N, C, H, W) in [-1, 1] from an ``RQTransformerPipeline``.
+    """Sample `num_images` images (N, C, H, W) in [-1, 1] from an `RQTransformerPipeline`.
 
     A class-conditional model gets the classes 0, 1, ..., K-1, 0, 1, ... in turn (a balanced set), returned
-    as the labels; an unconditional one gets labels None. ``sampling_kwargs`` go to the pipeline
-    (``top_k``, ``top_p``, ``temperature``, ``guidance_scale``).
+    as the labels; an unconditional one gets labels None. `sampling_kwargs` go to the pipeline
+    (`top_k`, `top_p`, `temperature`, `guidance_scale`).
     """
-    _check_positive_int("num_images", num_images)
-    _check_positive_int("batch_size", batch_size)
+    check_int("num_images", num_images)
+    check_int("batch_size", batch_size)
     num_classes = pipe.transformer.config.num_classes
     labels = None if num_classes is None else torch.arange(num_images) % num_classes
     images = []
@@ -242,26 +240,28 @@ def evaluate_generation(
     samples: ImageSet | None = None,
     **sampling_kwargs: Any,
 ) -> dict[str, Any]:
-    """Sample-quality metrics of an ``RQTransformerPipeline`` against a reference set.
+    """Sample-quality metrics of an `RQTransformerPipeline` against a reference set.
 
-    N = ``num_images`` samples (see :func:`generate_images`) are compared with a random real subset A of N
+    N = `num_images` samples (see [`generate_images`]) are compared with a random real subset A of N
     reference images; a disjoint real subset B of N images gives the real-vs-real figures at the same N, so
-    ``reference_images`` must hold at least 2N images.
+    `reference_images` must hold at least 2N images.
 
-    - with ``feature_extractor`` (Inception): ``fid``, ``kid`` (mean, std), ``real_vs_real_fid``,
-      ``real_vs_real_kid``;
-    - with ``classifier`` (a ``SmallImageClassifier`` trained on the labelled data): ``classifier_fid`` and
-      ``classifier_real_vs_real_fid`` in its feature space, ``precision`` / ``recall`` (k = 3) and their
-      real-vs-real values, and, for a class-conditional model, ``class_accuracy`` (fraction of samples the
-      classifier assigns to the class they were drawn for) beside ``classifier_real_accuracy`` (its
-      accuracy on the reference images, when ``reference_labels`` are given).
+    - with `feature_extractor` (Inception): `fid`, `kid` (mean, std), `real_vs_real_fid`,
+      `real_vs_real_kid`;
+    - with `classifier` (a `SmallImageClassifier` trained on the labelled data): `classifier_fid` and
+      `classifier_real_vs_real_fid` in its feature space, `precision` / `recall` (k = 3) and their
+      real-vs-real values, and, for a class-conditional model, `class_accuracy` (fraction of samples the
+      classifier assigns to the class they were drawn for) beside `classifier_real_accuracy` (its
+      accuracy on the reference images, when `reference_labels` are given).
 
     Args:
-        generator: draws the real subsets and the samples; same seed, same report.
-        samples: already generated samples (e.g. to reuse them); by default they are drawn here.
-        sampling_kwargs: ``top_k``, ``top_p``, ``temperature``, ``guidance_scale`` for the pipeline.
+        generator (`torch.Generator`, *optional*): draws the real subsets and the samples; same seed, same
+            report.
+        samples (`ImageSet`, *optional*): already generated samples (e.g. to reuse them); by default they are
+            drawn here.
+        sampling_kwargs (`Any`, *optional*): `top_k`, `top_p`, `temperature`, `guidance_scale` for the pipeline.
     """
-    _check_positive_int("num_images", num_images)
+    check_int("num_images", num_images)
     if not isinstance(reference_images, torch.Tensor) or reference_images.ndim != 4:
         raise ValueError(
             "`reference_images` must be a tensor (N, C, H, W), "
@@ -324,12 +324,12 @@ def evaluate_code_nll(
     labels: torch.Tensor | None = None,
     batch_size: int = 64,
 ) -> dict[str, Any]:
-    """Bits per code of the RQ-Transformer on the codes of held-out ``images`` (encoded by ``vae``).
+    """Bits per code of the RQ-Transformer on the codes of held-out `images` (encoded by `vae`).
 
-    Returns ``bits_per_code``, ``uniform_bits_per_code`` (log2 K, what a model that learnt nothing gets),
-    ``num_codes`` and ``num_images``. A class-conditional transformer needs ``labels`` (N,).
+    Returns `bits_per_code`, `uniform_bits_per_code` (log2 K, what a model that learnt nothing gets),
+    `num_codes` and `num_images`. A class-conditional transformer needs `labels` (N,).
     """
-    _check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"`images` must be a non-empty tensor (N, C, H, W), got {getattr(images, 'shape', images)!r}")
     conditional = transformer.config.num_classes is not None

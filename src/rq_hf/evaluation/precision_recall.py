@@ -3,7 +3,7 @@
 Each set is a manifold estimate: the union of balls around its points, each ball's radius the distance
 to the point's k-th nearest neighbour within its own set. Precision = fraction of fake points inside the
 real manifold (are samples realistic?); recall = fraction of real points inside the fake manifold (is the
-data covered?). Distances are Euclidean, computed in chunks with ``torch.cdist`` so memory stays
+data covered?). Distances are Euclidean, computed in chunks with `torch.cdist` so memory stays
 (chunk, N) rather than (N, N).
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
+from ..models.checks import check_int
 
 
 class PrecisionRecall(NamedTuple):
@@ -43,16 +45,16 @@ def _fraction_inside(
 def precision_recall(
     real_features: torch.Tensor, fake_features: torch.Tensor, k: int = 3, chunk_size: int = 1024
 ) -> PrecisionRecall:
-    """k-NN manifold precision and recall of ``fake_features`` against ``real_features``.
+    """k-NN manifold precision and recall of `fake_features` against `real_features`.
 
     Args:
-        real_features: (N_real, F).
-        fake_features: (N_fake, F).
-        k: neighbourhood size (the paper uses 3); each set needs more than ``k`` points.
-        chunk_size: rows of the distance matrix computed at once.
+        real_features (`torch.Tensor`): (N_real, F).
+        fake_features (`torch.Tensor`): (N_fake, F).
+        k (`int`, *optional*, defaults to `3`): neighbourhood size (the paper uses 3); each set needs more than `k`
+            points.
+        chunk_size (`int`, *optional*, defaults to `1024`): rows of the distance matrix computed at once.
     """
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"`k` must be a positive int, got {k!r}")
+    check_int("k", k)
     for name, t in (("real_features", real_features), ("fake_features", fake_features)):
         if not isinstance(t, torch.Tensor) or t.ndim != 2:
             raise ValueError(f"`{name}` must be a 2-D tensor (N, F), got {getattr(t, 'shape', t)!r}")

@@ -1,7 +1,7 @@
 """Reconstruction metrics: PSNR, SSIM and codebook usage / perplexity per depth.
 
 Images are float tensors (B, C, H, W); by the project's convention they live in [-1, 1], so the
-default ``data_range`` is 2.0.
+default `data_range` is 2.0.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.checks import check_int
 from ._optional import require
 
 PSNR_MAX_DB = 100.0
-"""PSNR of identical images (MSE 0) is reported as this cap instead of ``inf``, so that means stay finite."""
+"""PSNR of identical images (MSE 0) is reported as this cap instead of `inf`, so that means stay finite."""
 
 SSIM_KERNEL_SIZE = 11
 SSIM_SIGMA = 1.5
@@ -47,14 +48,16 @@ def psnr(
 ) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB, computed per image and then averaged.
 
-    ``PSNR = 10 * log10(data_range**2 / MSE)`` with the MSE over all channels and pixels of one image.
-    Identical images (MSE 0) give ``PSNR_MAX_DB`` (100 dB), not ``inf``; every value is capped there.
+    `PSNR = 10 * log10(data_range**2 / MSE)` with the MSE over all channels and pixels of one image.
+    Identical images (MSE 0) give `PSNR_MAX_DB` (100 dB), not `inf`; every value is capped there.
     Written in plain torch (no optional dependency) because of that cap.
 
     Args:
-        x, y: images (B, C, H, W) with the same shape.
-        data_range: max - min of the pixel range (2.0 for [-1, 1], 1.0 for [0, 1], 255 for uint8 values).
-        reduction: ``"mean"`` (a scalar, the mean of per-image PSNRs) or ``"none"`` (shape (B,)).
+        x, y (`torch.Tensor`): images (B, C, H, W) with the same shape.
+        data_range (`float`, *optional*, defaults to `2.0`): max - min of the pixel range (2.0 for [-1, 1], 1.0 for [0,
+            1], 255 for uint8 values).
+        reduction (`str`, *optional*, defaults to `'mean'`): `"mean"` (a scalar, the mean of per-image PSNRs) or
+            `"none"` (shape (B,)).
     """
     _check_image_pair(x, y)
     _check_data_range(data_range)
@@ -70,12 +73,12 @@ def ssim(
     """Structural similarity (Wang et al., 2004), per image and then averaged.
 
     Gaussian window of size 11 with sigma 1.5, K1 = 0.01, K2 = 0.03, as in the paper; channels are
-    averaged. Uses ``torchmetrics.functional.structural_similarity_index_measure`` (the ``eval`` extra).
+    averaged. Uses `torchmetrics.functional.structural_similarity_index_measure` (the `eval` extra).
 
     Args:
-        x, y: images (B, C, H, W) with the same shape; H and W must be at least 11.
-        data_range: max - min of the pixel range (2.0 for [-1, 1]).
-        reduction: ``"mean"`` (scalar) or ``"none"`` (shape (B,)).
+        x, y (`torch.Tensor`): images (B, C, H, W) with the same shape; H and W must be at least 11.
+        data_range (`float`, *optional*, defaults to `2.0`): max - min of the pixel range (2.0 for [-1, 1]).
+        reduction (`str`, *optional*, defaults to `'mean'`): `"mean"` (scalar) or `"none"` (shape (B,)).
     """
     _check_image_pair(x, y)
     _check_data_range(data_range)
@@ -104,9 +107,9 @@ class CodebookUsage:
     """Code statistics per depth.
 
     Attributes:
-        usage: (D,) fraction of the ``codebook_size`` codes that occur at least once at each depth.
-        perplexity: (D,) ``exp(entropy)`` of the code histogram at each depth (natural log): the
-            effective number of codes in use; between 1 and ``codebook_size``.
+        usage: (D,) fraction of the `codebook_size` codes that occur at least once at each depth.
+        perplexity: (D,) `exp(entropy)` of the code histogram at each depth (natural log): the
+            effective number of codes in use; between 1 and `codebook_size`.
         counts: (D, K) long, the code histogram itself.
     """
 
@@ -119,9 +122,9 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int) -> CodebookUsage:
     """Usage fraction and perplexity per depth from a set of codes.
 
     Args:
-        codes: long tensor (..., D), e.g. (B, h, w, D) from ``RQVAEModel.encode``; all leading dimensions
+        codes (`torch.Tensor`): long tensor (..., D), e.g. (B, h, w, D) from `RQVAEModel.encode`; all leading dimensions
             are pooled into one histogram per depth.
-        codebook_size: K, the number of codes per codebook.
+        codebook_size (`int`): K, the number of codes per codebook.
     """
     if not isinstance(codes, torch.Tensor) or codes.dtype not in (torch.int64, torch.int32, torch.int16):
         raise TypeError(
@@ -129,8 +132,7 @@ def codebook_usage(codes: torch.Tensor, codebook_size: int) -> CodebookUsage:
         )
     if codes.ndim < 1 or codes.numel() == 0:
         raise ValueError(f"`codes` must be a non-empty tensor (..., D), got shape {tuple(codes.shape)}")
-    if not isinstance(codebook_size, int) or codebook_size < 1:
-        raise ValueError(f"`codebook_size` must be a positive int, got {codebook_size!r}")
+    check_int("codebook_size", codebook_size)
     low, high = int(codes.min()), int(codes.max())
     if low < 0 or high >= codebook_size:
         raise ValueError(

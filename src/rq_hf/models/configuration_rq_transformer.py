@@ -1,32 +1,15 @@
 """Configuration of the RQ-Transformer (stage 2 of "Autoregressive Image Generation using Residual
 Quantization", Lee et al., CVPR 2022).
 
-This file imports only `transformers` so that it can be copied next to the weights as flat remote code.
+This file imports only `transformers` and the standard-library `checks.py` so that both can be copied next to
+the weights as flat remote code.
 """
 
 from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_probability(name: str, value: object) -> None:
-    if not _is_number(value) or not 0.0 <= value < 1.0:
-        raise ValueError(f"`{name}` must be a probability in [0, 1), got {value!r}.")
-
-
-def _check_positive_number(name: str, value: object) -> None:
-    if not _is_number(value) or not value > 0:
-        raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
-
+from .checks import check_int, check_number, check_probability
 
 #: The sizes a model gets when they are built unset (the paper's ImageNet 256px setting).
 _PAPER_SIZES = {"vocab_size": 16384, "code_shape": (8, 8, 4), "code_embedding_dim": 256}
@@ -158,9 +141,9 @@ class RQTransformerConfig(PreTrainedConfig):
             self.code_shape = self._checked_code_shape(self.code_shape)
         for name in ("vocab_size", "code_embedding_dim"):
             if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+                check_int(name, getattr(self, name))
         for name in ("hidden_size", "num_spatial_layers", "num_depth_layers", "num_attention_heads"):
-            _check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`num_attention_heads` must divide `hidden_size` ({self.hidden_size}), "
@@ -168,19 +151,19 @@ class RQTransformerConfig(PreTrainedConfig):
             )
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
-        _check_positive_int("intermediate_size", self.intermediate_size)
+        check_int("intermediate_size", self.intermediate_size)
         for name in ("resid_dropout", "attn_dropout", "embd_dropout", "class_dropout_prob", "caption_dropout_prob"):
-            _check_probability(name, getattr(self, name))
+            check_probability(name, getattr(self, name))
         if self.num_classes is not None:
-            _check_positive_int("num_classes", self.num_classes)
+            check_int("num_classes", self.num_classes)
         elif self.class_dropout_prob > 0:
             raise ValueError(
                 "`class_dropout_prob` must be 0 for a model without classes (`num_classes=None`), "
                 f"got {self.class_dropout_prob}."
             )
         self._check_text_fields()
-        _check_positive_number("initializer_range", self.initializer_range)
-        _check_positive_number("layer_norm_eps", self.layer_norm_eps)
+        check_number("initializer_range", self.initializer_range, 0, low_open=True)
+        check_number("layer_norm_eps", self.layer_norm_eps, 0, low_open=True)
 
         if self.num_classes is not None:
             if self.id2label is None:
@@ -199,14 +182,10 @@ class RQTransformerConfig(PreTrainedConfig):
             self.label2id = None
 
     def _check_text_fields(self) -> None:
-        _check_positive_int("max_text_length", self.max_text_length)
-        if isinstance(self.text_pad_token_id, bool) or not isinstance(self.text_pad_token_id, int) or (
-            self.text_pad_token_id < 0
-        ):
-            raise ValueError(f"`text_pad_token_id` must be an integer >= 0, got {self.text_pad_token_id!r}.")
-        if not _is_number(self.text_loss_weight) or self.text_loss_weight < 0:
-            raise ValueError(f"`text_loss_weight` must be a number >= 0, got {self.text_loss_weight!r}.")
-        _check_positive_number("image_loss_weight", self.image_loss_weight)
+        check_int("max_text_length", self.max_text_length)
+        check_int("text_pad_token_id", self.text_pad_token_id, 0)
+        check_number("text_loss_weight", self.text_loss_weight, 0)
+        check_number("image_loss_weight", self.image_loss_weight, 0, low_open=True)
         if self.text_vocab_size is None:
             if self.caption_dropout_prob > 0:
                 raise ValueError(
@@ -214,7 +193,7 @@ class RQTransformerConfig(PreTrainedConfig):
                     f"got {self.caption_dropout_prob}."
                 )
             return
-        _check_positive_int("text_vocab_size", self.text_vocab_size)
+        check_int("text_vocab_size", self.text_vocab_size)
         if self.num_classes is not None:
             raise ValueError(
                 "`num_classes` must be None for a text-conditional model (`text_vocab_size` "
@@ -230,7 +209,7 @@ class RQTransformerConfig(PreTrainedConfig):
     def _checked_code_shape(code_shape: object) -> list[int]:
         if not isinstance(code_shape, (list, tuple)) or len(code_shape) != 3 or any(
             isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in code_shape
-        ):
+        ):  # one message for the triple, not check_int's per size
             raise ValueError(
                 f"`code_shape` must be three positive integers (h, w, D), got {code_shape!r}."
             )

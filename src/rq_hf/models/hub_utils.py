@@ -1,7 +1,7 @@
 """Model cards, Hub uploads, atomic saves and checked loading shared by the rq-hf models and pipeline.
 
 This file sits beside the model files and is imported relatively, so that a saved folder that carries
-the model code (remote code) stays loadable without ``rq_hf`` installed.
+the model code (remote code) stays loadable without `rq_hf` installed.
 """
 
 from __future__ import annotations
@@ -86,21 +86,23 @@ def build_model_card(
     example_prompt: str | None = None,
     sections: dict[str, str] | None = None,
 ) -> ModelCard:
-    """Build the model card (``README.md``) of an rq-hf model or pipeline.
+    """Build the model card (`README.md`) of an rq-hf model or pipeline.
 
     Args:
-        kind: ``"pipeline"``, ``"rqvae"``, ``"rq_transformer"`` or ``"lora"`` (an adapter folder).
-        config: the configuration shown in the card (JSON-serialisable values).
-        repo_id: the Hub id used in the usage snippet (a placeholder when ``None``).
-        class_names: class names of a class-conditional model, in class-id order.
-        metrics: measured figures (name -> value) to list; nothing is listed when ``None``.
-        license: licence of the weights.
-        library_name: ``library_name`` of the card metadata.
-        extra_tags: tags added to the defaults.
-        notes: free text appended to the description (e.g. provenance of converted weights).
-        example_prompt: a caption of a text-conditional model: the usage snippet passes it and the card's
-            pipeline tag is ``text-to-image``.
-        sections: more sections (title -> Markdown), after the configuration (e.g. ``{"Training": ...}``).
+        kind (`str`): `"pipeline"`, `"rqvae"`, `"rq_transformer"` or `"lora"` (an adapter folder).
+        config (`dict[str, Any]`): the configuration shown in the card (JSON-serialisable values).
+        repo_id (`str`, *optional*): the Hub id used in the usage snippet (a placeholder when `None`).
+        class_names (`list[str]`, *optional*): class names of a class-conditional model, in class-id order.
+        metrics (`dict[str, Any]`, *optional*): measured figures (name -> value) to list; nothing is listed when
+            `None`.
+        license (`str`, *optional*, defaults to `'apache-2.0'`): licence of the weights.
+        library_name (`str`, *optional*, defaults to `'diffusers'`): `library_name` of the card metadata.
+        extra_tags (`list[str]`, *optional*): tags added to the defaults.
+        notes (`str`, *optional*): free text appended to the description (e.g. provenance of converted weights).
+        example_prompt (`str`, *optional*): a caption of a text-conditional model: the usage snippet passes it
+            and the card's pipeline tag is `text-to-image`.
+        sections (`dict[str, str]`, *optional*): more sections (title -> Markdown), after the configuration (e.g.
+            `{"Training": ...}`).
     """
     if kind not in _USAGE:
         raise ValueError(f"`kind` must be one of {sorted(_USAGE)}, got {kind!r}.")
@@ -178,11 +180,11 @@ def tensors_on_meta(model: Any) -> list[str]:
 
 
 def copy_module_sources(module_file: str | os.PathLike, destination: str | os.PathLike) -> list[str]:
-    """Copy a module file and, recursively, the sibling files it imports relatively into ``destination``.
+    """Copy a module file and, recursively, the sibling files it imports relatively into `destination`.
 
-    This is how a saved folder carries its own code, so that ``trust_remote_code=True`` loaders can use it.
-    A relative import of a module one package up (``from ..models.x import``) is rewritten to a sibling
-    import (``from .x import``) and its file is copied too: the saved folder is flat.
+    This is how a saved folder carries its own code, so that `trust_remote_code=True` loaders can use it.
+    A relative import of a module one package up (`from ..models.x import`) is rewritten to a sibling
+    import (`from .x import`) and its file is copied too: the saved folder is flat.
     Returns the names of the files written.
     """
     import re

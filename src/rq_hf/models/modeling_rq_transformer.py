@@ -5,60 +5,60 @@ An image is an RQ-VAE code map of shape (h, w, D): T = h * w positions in raster
 position. Two causal transformers model it:
 
 * the *spatial* transformer runs over L condition tokens followed by the T positions. The condition tokens
-  are ``condition_embedding(c_i) + condition_position_embedding[i]``: one class embedding (L = 1), one learned
-  start token for unconditional models (L = 1), or the L = ``max_text_length`` token ids of a caption for
+  are `condition_embedding(c_i) + condition_position_embedding[i]`: one class embedding (L = 1), one learned
+  start token for unconditional models (L = 1), or the L = `max_text_length` token ids of a caption for
   text-conditional models. Image position t > 0 enters as
-  ``sum_d spatial_input_proj(e(S[t-1, d])) + spatial_position_embedding[t-1]``; the output h_t at the input
+  `sum_d spatial_input_proj(e(S[t-1, d])) + spatial_position_embedding[t-1]`; the output h_t at the input
   just before position t (the last condition token for t = 0) summarises the condition and everything
   before position t. A text model's outputs at condition tokens 0..L-2 also predict the next caption token
-  through ``text_output_norm`` + ``text_output_proj`` (an auxiliary loss, official ``cond_classifier``);
+  through `text_output_norm` + `text_output_proj` (an auxiliary loss, official `cond_classifier`);
 * the *depth* transformer runs over the D codes of one position. Its input at depth 0 is
-  ``h_t + depth_position_embedding[0]`` and at depth d > 0
-  ``depth_input_proj(sum_{d' < d} e(S[t, d'])) + depth_position_embedding[d]``; its output at depth d
+  `h_t + depth_position_embedding[0]` and at depth d > 0
+  `depth_input_proj(sum_{d' < d} e(S[t, d'])) + depth_position_embedding[d]`; its output at depth d
   predicts S[t, d] through one head (LayerNorm + Linear to K) shared by all depths.
 
 The structure is that of the official code (kakaobrain/rq-vae-transformer,
-``rqvae/models/rqtransformer``, configs with ``input_emb_vqvae``, ``head_emb_vqvae``, ``cumsum_depth_ctx``,
-``shared_tok_emb`` and ``shared_cls_emb`` set, as in all released checkpoints): same modules, same math
+`rqvae/models/rqtransformer`, configs with `input_emb_vqvae`, `head_emb_vqvae`, `cumsum_depth_ctx`,
+`shared_tok_emb` and `shared_cls_emb` set, as in all released checkpoints): same modules, same math
 (pre-LayerNorm blocks, exact GELU, no final LayerNorm inside the stacks, embedding dropout on the spatial
 input only), so official weights convert by renaming. Official name -> name here:
 
 =====================================================  ==================================================
-official (stage 2 ``state_dict``)                      here
+official (stage 2 `state_dict`)                        here
 =====================================================  ==================================================
-stage 1 ``quantizer.codebooks.0.weight[:K]``           ``code_embeddings.weight`` (K, E)
-``input_mlp.{weight,bias}``                            ``spatial_input_proj.{weight,bias}`` (C, E)
-``head_mlp.{weight,bias}``                             ``depth_input_proj.{weight,bias}`` (C, E)
-``cond_emb.weight``                                    ``condition_embedding.weight`` (1 or N + 1, C)
-``pos_emb_cond``                                       ``condition_position_embedding`` (1, L, C)
-``pos_emb_hw``                                         ``spatial_position_embedding`` (1, h*w, C)
-``pos_emb_d``                                          ``depth_position_embedding`` (1, D, C)
-``body_transformer.blocks.{i}.X``                      ``spatial_transformer.layers.{i}.X'``
-``head_transformer.blocks.{i}.X``                      ``depth_transformer.layers.{i}.X'``
-  X = ``ln1.*``, ``ln2.*``                               X' = ``ln_1.*``, ``ln_2.*``
-  X = ``attn.{query,key,value}.*``                       X' = ``attn.{query,key,value}.*``
-  X = ``attn.proj.*``                                    X' = ``attn.out_proj.*``
-  X = ``mlp.0.*``, ``mlp.2.*``                           X' = ``mlp.fc_in.*``, ``mlp.fc_out.*``
-``classifier.layer_norm.{weight,bias}``                ``output_norm.{weight,bias}``
-``classifier.linear.{weight,bias}``                    ``output_proj.{weight,bias}`` (K, C)
-``cond_classifier.layer_norm.{weight,bias}`` (text)    ``text_output_norm.{weight,bias}``
-``cond_classifier.linear.{weight,bias}`` (text)        ``text_output_proj.{weight,bias}`` (V, C)
+stage 1 `quantizer.codebooks.0.weight[:K]`             `code_embeddings.weight` (K, E)
+`input_mlp.{weight,bias}`                              `spatial_input_proj.{weight,bias}` (C, E)
+`head_mlp.{weight,bias}`                               `depth_input_proj.{weight,bias}` (C, E)
+`cond_emb.weight`                                      `condition_embedding.weight` (1 or N + 1, C)
+`pos_emb_cond`                                         `condition_position_embedding` (1, L, C)
+`pos_emb_hw`                                           `spatial_position_embedding` (1, h*w, C)
+`pos_emb_d`                                            `depth_position_embedding` (1, D, C)
+`body_transformer.blocks.{i}.X`                        `spatial_transformer.layers.{i}.X'`
+`head_transformer.blocks.{i}.X`                        `depth_transformer.layers.{i}.X'`
+  X = `ln1.*`, `ln2.*`                                 X' = `ln_1.*`, `ln_2.*`
+  X = `attn.{query,key,value}.*`                       X' = `attn.{query,key,value}.*`
+  X = `attn.proj.*`                                    X' = `attn.out_proj.*`
+  X = `mlp.0.*`, `mlp.2.*`                             X' = `mlp.fc_in.*`, `mlp.fc_out.*`
+`classifier.layer_norm.{weight,bias}`                  `output_norm.{weight,bias}`
+`classifier.linear.{weight,bias}`                      `output_proj.{weight,bias}` (K, C)
+`cond_classifier.layer_norm.{weight,bias}` (text)      `text_output_norm.{weight,bias}`
+`cond_classifier.linear.{weight,bias}` (text)          `text_output_proj.{weight,bias}` (V, C)
 =====================================================  ==================================================
 
 Two things are not a pure rename:
 
 * the official model has no code table of its own; it embeds codes with the frozen RQ-VAE codebook
-  (``model_aux``). Here the table is ``code_embeddings`` (fill it from the stage-1 codebook without its
-  padding row, e.g. with :meth:`RQTransformerForCausalImageModeling.init_code_embeddings`);
-* a class-conditional model here has ``num_classes + 1`` condition embeddings: the last one is the null class
-  of classifier-free guidance. Official ImageNet checkpoints (``vocab_size_cond: 1000``) were trained without
+  (`model_aux`). Here the table is `code_embeddings` (fill it from the stage-1 codebook without its
+  padding row, e.g. with [`RQTransformerForCausalImageModeling.init_code_embeddings`]);
+* a class-conditional model here has `num_classes + 1` condition embeddings: the last one is the null class
+  of classifier-free guidance. Official ImageNet checkpoints (`vocab_size_cond: 1000`) were trained without
   class dropout, so the converter appends one row (e.g. the mean class embedding) and guidance with such a
-  model is only an approximation. Unconditional models (``vocab_size_cond: 1``) and text models
-  (``vocab_size_cond`` = V text tokens, ``block_size_cond`` = L > 1) map one to one; the official text models
+  model is only an approximation. Unconditional models (`vocab_size_cond: 1`) and text models
+  (`vocab_size_cond` = V text tokens, `block_size_cond` = L > 1) map one to one; the official text models
   were trained without caption dropout, so guidance with them (the empty caption as the unconditional
   branch) is an approximation too.
 
-Initialisation follows the official ``Stage2Model._init_weights`` (normal(0, initializer_range) for Linear
+Initialisation follows the official `Stage2Model._init_weights` (normal(0, initializer_range) for Linear
 and Embedding weights and the position embeddings, zero biases, unit LayerNorms).
 
 This file imports only torch, transformers and its sibling configuration file so that it can be copied next
@@ -69,8 +69,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -86,6 +84,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.utils import ModelOutput
 
+from .checks import check_generator, check_int, check_sampling_args
 from .configuration_rq_transformer import RQTransformerConfig
 from .hub_utils import RQHubMixin
 
@@ -367,9 +366,10 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         """Copy an RQ-VAE codebook into `code_embeddings` (as the official model embeds codes with it).
 
         Args:
-            vae_or_quantizer: an object with `.quantizer.codebook(0)` (an `RQVAEModel`), with `.codebook(0)`
+            vae_or_quantizer (`object`): an object with `.quantizer.codebook(0)` (an `RQVAEModel`), with `.codebook(0)`
                 (a `ResidualQuantizer`), or a `(vocab_size, code_embedding_dim)` tensor.
-            freeze: make the table non-trainable, like the frozen codebook of the official training.
+            freeze (`bool`, *optional*, defaults to `True`): make the table non-trainable, like the frozen codebook of
+                the official training.
         """
         if isinstance(vae_or_quantizer, torch.Tensor):
             weight = vae_or_quantizer
@@ -396,7 +396,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             self.code_embeddings.weight.copy_(weight.detach())
         self.code_embeddings.weight.requires_grad_(not freeze)
 
-    def _check_codes(self, codes: torch.Tensor, name: str) -> None:
+    def _check_codes(self, codes: torch.Tensor, name: str, batch_size: int | None = None) -> None:
         shape = tuple(self.config.code_shape)
         if not isinstance(codes, torch.Tensor) or codes.dtype != torch.long:
             got = codes.dtype if isinstance(codes, torch.Tensor) else type(codes).__name__
@@ -405,11 +405,29 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             raise ValueError(f"`{name}` must have shape (batch, *{shape}), got {tuple(codes.shape)}.")
         if codes.shape[0] == 0:
             raise ValueError(f"`{name}` must hold at least one code map, got shape {tuple(codes.shape)}.")
+        if batch_size is not None and codes.shape[0] != batch_size:
+            raise ValueError(f"`{name}` must have batch size {batch_size}, got {codes.shape[0]}.")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.config.vocab_size):
             raise ValueError(
                 f"`{name}` must lie in [0, {self.config.vocab_size}), got values in "
                 f"[{int(codes.min())}, {int(codes.max())}]."
             )
+
+    @staticmethod
+    def _default_batch_size(class_labels: object, text_ids: object, prefix_codes: object, generator: object) -> int:
+        """The batch size the inputs of `generate_codes` imply: that of the class labels, the caption ids, the
+        prefix codes or the generator list, the first one given."""
+        if class_labels is not None and not isinstance(class_labels, int):
+            return len(class_labels)
+        for tensor in (text_ids, prefix_codes):
+            if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
+                return tensor.shape[0]
+        if isinstance(generator, (list, tuple)):
+            return len(generator)
+        raise ValueError(
+            "`batch_size` must be given when no class_labels, text_ids, prefix_codes or generator list "
+            "set it, got None."
+        )
 
     def _condition_tokens(
         self, class_labels: object, text_ids: object, batch_size: int, allow_null: bool
@@ -542,16 +560,17 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         """Score every code of `codes` given the condition and the codes before it.
 
         Args:
-            codes: long (batch, h, w, D), values in [0, vocab_size).
-            class_labels: long (batch,) in [0, num_classes] for class-conditional models (`num_classes` is the
-                null class); must be None for other models. While training with `class_dropout_prob > 0` each
-                label is replaced by the null class with that probability.
-            labels: targets, either hard codes long (batch, h, w, D) (usually `codes`) or soft targets float
-                (batch, h, w, D, vocab_size) of probabilities (`ResidualQuantizer.soft_codes(...).probs`).
-            return_dict: return an [`RQTransformerOutput`] (else a tuple).
-            text_ids: long (batch, max_text_length) caption token ids in [0, text_vocab_size) for
-                text-conditional models (a tokenizer's ids, padded with `text_pad_token_id`); must be None for
-                other models. While training with `caption_dropout_prob > 0` each caption is replaced by the
+            codes (`torch.LongTensor`): long (batch, h, w, D), values in [0, vocab_size).
+            class_labels (`torch.LongTensor | Sequence[int]`, *optional*): long (batch,) in [0, num_classes] for
+                class-conditional models (`num_classes` is the null class); must be None for other models. While
+                training with `class_dropout_prob > 0` each label is replaced by the null class with that probability.
+            labels (`torch.Tensor`, *optional*): targets, either hard codes long (batch, h, w, D) (usually
+                `codes`) or soft targets float (batch, h, w, D, vocab_size) of probabilities
+                (`ResidualQuantizer.soft_codes(...).probs`).
+            return_dict (`bool`, *optional*, defaults to `True`): return an [`RQTransformerOutput`] (else a tuple).
+            text_ids (`torch.LongTensor`, *optional*): long (batch, max_text_length) caption token ids in [0,
+                text_vocab_size) for text-conditional models (a tokenizer's ids, padded with `text_pad_token_id`); must
+                be None for other models. While training with `caption_dropout_prob > 0` each caption is replaced by the
                 empty caption (padding only) with that probability.
 
         Returns:
@@ -627,21 +646,6 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         return F.cross_entropy(logits.reshape(-1, vocab_size).float(), labels.reshape(-1))
 
     # ------------------------------------------------------------------ sampling
-
-    def _per_depth(self, name: str, value: object, check: Callable[[object], bool], expected: str) -> list:
-        """Broadcast one value (or None) to a list with one value per depth, checking each one."""
-        depth = self.config.code_depth
-        values = list(value) if isinstance(value, (list, tuple)) else [value] * depth
-        if len(values) != depth:
-            raise ValueError(
-                f"`{name}` must be one value or a list of {depth} (one per depth), got {value!r}."
-            )
-        for item in values:
-            if item is not None and not check(item):
-                raise ValueError(
-                    f"`{name}` must be {expected} (or a list of them, one per depth), got {value!r}."
-                )
-        return values
 
     def _logits_warpers(self, temperature: float, top_p: float | None) -> list:
         """transformers' warpers for one depth, built once per call (not once per step).
@@ -730,37 +734,43 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         """Sample code maps autoregressively: h * w spatial steps, each followed by D depth steps.
 
         Args:
-            batch_size: number of code maps; defaults to the number of `class_labels`, of `text_ids`, of
-                `prefix_codes` or of generators in a `generator` list.
-            class_labels: long (batch,) in [0, num_classes) (or one int for all) for class-conditional models;
-                must be None for other models.
-            top_k: keep the k most likely codes (one value, or a list with one value per depth); >= 1.
-            top_p: nucleus sampling mass in (0, 1] (one value or one per depth).
-            temperature: > 0; divides the logits.
-            guidance_scale: classifier-free guidance scale s >= 0 (class- and text-conditional models); with
-                s != 1 the conditional and the unconditional rows (null class, or the empty caption /
-                `negative_text_ids`) run in one batch and the logits become uncond + s * (cond - uncond).
-            generator: a `torch.Generator`, or a list with one per sample (per-sample reproducibility).
-            use_cache: keep keys/values of both transformers; `False` recomputes every prefix (same codes).
-            prefix_codes: long (batch, h, w, D) whose first `num_prefix_positions` positions (raster order)
-                are kept; the rest is sampled (completion).
-            num_prefix_positions: number of kept positions, in [0, h * w].
-            callback: called as `callback(position, num_positions, codes)` after each sampled position
-                (`position` is the 0-based raster index just completed, `num_positions = h * w`, `codes` the
-                (batch, h, w, D) codes so far; positions from `num_prefix_positions` on). When it returns `True`,
-                sampling stops there: the positions not sampled stay 0.
-            text_ids: long (batch, max_text_length) caption token ids for text-conditional models (see
-                `forward`); must be None for other models.
-            negative_text_ids: long (batch, max_text_length), text models with guidance only: the caption of
-                the unconditional branch (a negative prompt); default the empty caption (padding only), which
-                caption dropout trained.
-            compile: decode with static key/value caches (transformers `StaticLayer`s) and `torch.compile`d
-                steps: `True` (mode "reduce-overhead", i.e. CUDA graphs, on a GPU; "default" elsewhere) or a
-                `torch.compile` mode. The first call compiles (seconds to minutes); later calls with the same
-                batch, dtype and device reuse it, and the caches stay on the model until then. Same codes as the
-                eager path for the same seed, up to rounding: logits differ by ~1e-6 (masked full-length
-                attention, fused kernels), which can change a draw after many positions of a large model (the
-                samples then differ but follow the same distribution). Needs `use_cache=True`.
+            batch_size (`int`, *optional*): number of code maps; defaults to the number of `class_labels`, of
+                `text_ids`, of `prefix_codes` or of generators in a `generator` list.
+            class_labels (`torch.LongTensor | Sequence[int]`, *optional*): long (batch,) in [0, num_classes) (or
+                one int for all) for class-conditional models; must be None for other models.
+            top_k (`int | Sequence[int]`, *optional*): keep the k most likely codes (one value, or a list with
+                one value per depth); >= 1.
+            top_p (`float | Sequence[float]`, *optional*): nucleus sampling mass in (0, 1] (one value or one per
+                depth).
+            temperature (`float`, *optional*, defaults to `1.0`): > 0; divides the logits.
+            guidance_scale (`float`, *optional*, defaults to `1.0`): classifier-free guidance scale s >= 0 (class- and
+                text-conditional models); with s != 1 the conditional and the unconditional rows (null class, or the
+                empty caption / `negative_text_ids`) run in one batch and the logits become uncond + s * (cond -
+                uncond).
+            generator (`torch.Generator | list[torch.Generator]`, *optional*): a `torch.Generator`, or a list
+                with one per sample (per-sample reproducibility).
+            use_cache (`bool`, *optional*, defaults to `True`): keep keys/values of both transformers; `False`
+                recomputes every prefix (same codes).
+            prefix_codes (`torch.LongTensor`, *optional*): long (batch, h, w, D) whose first
+                `num_prefix_positions` positions (raster order) are kept; the rest is sampled (completion).
+            num_prefix_positions (`int`, *optional*, defaults to `0`): number of kept positions, in [0, h * w].
+            callback (`Callable[[int, int, torch.LongTensor], None]`, *optional*): called as `callback(position,
+                num_positions, codes)` after each sampled position (`position` is the 0-based raster index just
+                completed, `num_positions = h * w`, `codes` the (batch, h, w, D) codes so far; positions from
+                `num_prefix_positions` on). When it returns `True`, sampling stops there: the positions not sampled stay
+                0.
+            text_ids (`torch.LongTensor`, *optional*): long (batch, max_text_length) caption token ids for
+                text-conditional models (see `forward`); must be None for other models.
+            negative_text_ids (`torch.LongTensor`, *optional*): long (batch, max_text_length), text models with
+                guidance only: the caption of the unconditional branch (a negative prompt); default the empty caption
+                (padding only), which caption dropout trained.
+            compile (`bool | str`, *optional*, defaults to `False`): decode with static key/value caches (transformers
+                `StaticLayer`s) and `torch.compile`d steps: `True` (mode "reduce-overhead", i.e. CUDA graphs, on a GPU;
+                "default" elsewhere) or a `torch.compile` mode. The first call compiles (seconds to minutes); later
+                calls with the same batch, dtype and device reuse it, and the caches stay on the model until then. Same
+                codes as the eager path for the same seed, up to rounding: logits differ by ~1e-6 (masked full-length
+                attention, fused kernels), which can change a draw after many positions of a large model (the samples
+                then differ but follow the same distribution). Needs `use_cache=True`.
 
         Returns:
             long (batch, h, w, D) codes.
@@ -769,52 +779,15 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         num_positions = height * width
         device = self.output_proj.weight.device
 
-        # ---- arguments
-        if isinstance(generator, (list, tuple)):
-            generator = list(generator)
-        generators = generator if isinstance(generator, list) else [generator]
-        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or None in generators[1:]:
-            raise ValueError(f"`generator` must be a torch.Generator or a list of them, got {generator!r}.")
+        # ---- arguments (the shared checks of `checks.py`; the pipeline runs the same ones before any work)
         if batch_size is None:
-            if class_labels is not None and not isinstance(class_labels, int):
-                batch_size = len(class_labels)
-            elif isinstance(text_ids, torch.Tensor) and text_ids.dim() == 2:
-                batch_size = text_ids.shape[0]
-            elif prefix_codes is not None and isinstance(prefix_codes, torch.Tensor):
-                batch_size = prefix_codes.shape[0]
-            elif isinstance(generator, list):
-                batch_size = len(generator)
-            else:
-                raise ValueError(
-                    "`batch_size` must be given when no class_labels, text_ids, prefix_codes or generator list "
-                    "fix it, "
-                    "got None."
-                )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` list must have one generator per sample ({batch_size}), got {len(generator)}."
-            )
+            batch_size = self._default_batch_size(class_labels, text_ids, prefix_codes, generator)
+        batch_size = check_int("batch_size", batch_size)
+        generator = check_generator(generator, batch_size)
         condition = self._condition_tokens(class_labels, text_ids, batch_size, allow_null=False)
-
-        def is_number(x: object) -> bool:  # Python or numpy numbers, not bools
-            return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-        if not is_number(temperature) or not temperature > 0:
-            raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
-        temperature = float(temperature)
-
-        def is_count(x: object) -> bool:
-            return isinstance(x, numbers.Integral) and not isinstance(x, bool) and x >= 1
-
-        top_ks = [None if k is None else int(k)
-                  for k in self._per_depth("top_k", top_k, is_count, "an integer >= 1")]
-        top_ps = [None if p is None else float(p) for p in self._per_depth(
-            "top_p", top_p, lambda p: is_number(p) and 0 < p <= 1, "a number in (0, 1]")]
-        if not is_number(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}.")
-        guidance_scale = float(guidance_scale)
+        top_ks, top_ps, temperature, guidance_scale = check_sampling_args(
+            top_k, top_p, temperature, guidance_scale, depth
+        )
         guided = guidance_scale != 1.0
         if guided and self.config.condition_type == "none":
             raise ValueError(
@@ -828,19 +801,9 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                     f"(condition_type={self.config.condition_type!r}), got a value."
                 )
             negative_text_ids = self._check_text_ids(negative_text_ids, batch_size, "negative_text_ids")
-        if isinstance(num_prefix_positions, bool) or not isinstance(num_prefix_positions, int) or not (
-            0 <= num_prefix_positions <= num_positions
-        ):
-            raise ValueError(
-                f"`num_prefix_positions` must be an integer in [0, {num_positions}], "
-                f"got {num_prefix_positions!r}."
-            )
+        num_prefix_positions = check_int("num_prefix_positions", num_prefix_positions, 0, num_positions)
         if prefix_codes is not None:
-            self._check_codes(prefix_codes, "prefix_codes")
-            if prefix_codes.shape[0] != batch_size:
-                raise ValueError(
-                    f"`prefix_codes` must have batch size {batch_size}, got {prefix_codes.shape[0]}."
-                )
+            self._check_codes(prefix_codes, "prefix_codes", batch_size)
         elif num_prefix_positions > 0:
             raise ValueError("`prefix_codes` must be given when num_prefix_positions > 0, got None.")
 

@@ -159,7 +159,7 @@ class ResidualQuantizer(nn.Module):
         return self.embed[self._book(d)]
 
     # Codes per distance block: a (rows, 4096) block keeps the matrix product as fast as one whole
-    # (N, dim) @ (dim, K) product on CPU, where (rows, K) blocks of few rows lose 10-15%.
+    # (N, dim) @ (dim, K) product, where (rows, K) blocks of few rows are slower (docs/benchmarks.md).
     _codes_per_block = 4096
 
     def _rows_per_chunk(self, codes_per_block: int) -> int:
@@ -211,8 +211,8 @@ class ResidualQuantizer(nn.Module):
         """Minimum and first argmin of each row of `block` (rows, codes) into `values` and `indices`.
 
         Two levels: the minimum of each group of `group` consecutive codes (a fast vectorised pass), then the
-        argmin inside the first winning group only; same result as `argmin`, about 3x faster than a
-        `min(dim=1)` over the whole row on CPU.
+        argmin inside the first winning group only; same result as `argmin`, faster than a `min(dim=1)` over the
+        whole row (docs/benchmarks.md).
         """
         rows, num_codes = block.shape
         group = next((g for g in (256, 128, 64) if num_codes % g == 0 and num_codes >= 4 * g), None)

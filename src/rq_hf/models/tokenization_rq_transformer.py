@@ -1,10 +1,10 @@
 """Caption tokenizers of text-conditional RQ-Transformers, as transformers `PreTrainedTokenizerFast` objects.
 
 The official CC-3M models tokenize captions with `tokenizers`' `CharBPETokenizer` (BERT normalisation,
-lowercase, word-end suffix ``</w>``, ``[UNK]`` for unknown characters), add ``[PAD]`` as a special token and
-pad / truncate every caption to ``block_size_cond = 32`` tokens (``rqvae/txtimg_datasets/cc3m.py``). The
+lowercase, word-end suffix `</w>`, `[UNK]` for unknown characters), add `[PAD]` as a special token and
+pad / truncate every caption to `block_size_cond = 32` tokens (`rqvae/txtimg_datasets/cc3m.py`). The
 functions here build the same tokenizer, either from the official vocabulary and merges files or trained on
-new captions, wrapped in a `PreTrainedTokenizerFast` so that it saves with `save_pretrained` (``tokenizer.json``)
+new captions, wrapped in a `PreTrainedTokenizerFast` so that it saves with `save_pretrained` (`tokenizer.json`)
 as a pipeline component and loads with `AutoTokenizer`.
 
 This file imports only torch, tokenizers and transformers, so that a saved pipeline folder can carry it.
@@ -72,8 +72,8 @@ def train_caption_tokenizer(
 
 def load_bpe_caption_tokenizer(vocab_file: str, merges_file: str, max_text_length: int) -> PreTrainedTokenizerFast:
     """The official caption tokenizer from its `bpe-16k-vocab.json` / `bpe-16k-merges.txt` files
-    (``rqvae/txtimg_datasets/tokenizers/pretrained`` of kakaobrain/rq-vae-transformer), built as
-    ``create_tokenizer("bpe16k_huggingface", lowercase=True)`` builds it."""
+    (`rqvae/txtimg_datasets/tokenizers/pretrained` of kakaobrain/rq-vae-transformer), built as
+    `create_tokenizer("bpe16k_huggingface", lowercase=True)` builds it."""
     tokenizer = CharBPETokenizer.from_file(vocab_file, merges_file, unk_token=UNK_TOKEN, lowercase=True)
     return wrap_caption_tokenizer(tokenizer, max_text_length)
 
@@ -85,7 +85,7 @@ def with_bpe_dropout(tokenizer: PreTrainedTokenizerFast, dropout: float) -> PreT
         raise ValueError(f"`dropout` must be a number in [0, 1), got {dropout!r}.")
     model = tokenizer.backend_tokenizer.model
     if type(model).__name__ != "BPE":
-        raise ValueError(f"BPE dropout needs a BPE tokenizer, got a {type(model).__name__} model.")
+        raise ValueError(f"`tokenizer` must be a BPE tokenizer for BPE dropout, got a {type(model).__name__} model.")
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.backend_tokenizer.model.dropout = float(dropout) if dropout > 0 else None
     return tokenizer
@@ -99,7 +99,7 @@ def tokenize_captions(
     if isinstance(captions, str):
         captions = [captions]
     if not all(isinstance(c, str) for c in captions):
-        raise TypeError(f"captions must be strings, got {[type(c).__name__ for c in captions]}.")
+        raise TypeError(f"`captions` must be strings, got {[type(c).__name__ for c in captions]}.")
     encoded = tokenizer(
         list(captions), padding="max_length", max_length=max_text_length, truncation=True, return_tensors="pt"
     ).input_ids

@@ -1,12 +1,12 @@
 """RQTransformerPipeline: text-to-image, class-conditional or unconditional generation with an RQ-VAE and an
 RQ-Transformer.
 
-The pipeline samples a code map with the transformer's ``generate_codes`` and decodes it with the RQ-VAE; a
-text-conditional transformer gets its caption token ids from the pipeline's ``tokenizer`` (a transformers
-``PreTrainedTokenizerFast``, saved in ``tokenizer/``).
+The pipeline samples a code map with the transformer's `generate_codes` and decodes it with the RQ-VAE; a
+text-conditional transformer gets its caption token ids from the pipeline's `tokenizer` (a transformers
+`PreTrainedTokenizerFast`, saved in `tokenizer/`).
 A saved pipeline folder carries the code of the pipeline and of both models, so that
-``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it even where ``rq_hf`` is not
-installed, while ``RQTransformerPipeline.from_pretrained(folder)`` uses the installed ``rq_hf`` classes.
+`DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads it even where `rq_hf` is not
+installed, while `RQTransformerPipeline.from_pretrained(folder)` uses the installed `rq_hf` classes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..lora import RQTransformerLoraLoaderMixin
 from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
+from ..models.checks import check_choice, check_generator, check_int, check_sampling_args
 from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
 from ..models.tokenization_rq_transformer import tokenize_captions
 
@@ -169,8 +170,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
                     f"`class_labels` is required: the transformer is class-conditional ({num_classes} classes)."
                 )
             num_images = 1 if num_images is None else num_images
-            if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
-                raise ValueError(f"`num_images` must be a positive int, got {num_images!r}.")
+            check_int("num_images", num_images)
             return None, num_images
         if num_classes is None:
             raise ValueError(f"`class_labels` must be None for an unconditional transformer, got {class_labels!r}.")
@@ -214,10 +214,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         self, class_labels, prompt, negative_prompt, num_images, num_images_per_prompt
     ) -> tuple[dict[str, Any], int]:
         """The condition arguments of `generate_codes` and the number of images."""
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
-            num_images_per_prompt < 1
-        ):
-            raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
+        check_int("num_images_per_prompt", num_images_per_prompt)
         config = self.transformer.config
         kind = config.condition_type
         if kind != "text":
@@ -267,6 +264,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
 
     def _prefix_codes(self, image, batch_size: int, num_prefix_positions: int, device) -> torch.Tensor | None:
         h, w, _ = self.transformer.config.code_shape
+        check_int("num_prefix_positions", num_prefix_positions, 0, h * w)
         if image is None:
             if num_prefix_positions:
                 raise ValueError(
@@ -319,38 +317,42 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         r"""Generate images.
 
         Args:
-            class_labels: class ids or names (resolved through `id2label`) of a class-conditional model, one per
-                image (times `num_images_per_prompt`); `None` for other models.
-            num_images: number of images of an unconditional model (default 1); for conditional models `None`
-                or the number of images the condition gives.
-            top_k, top_p: sampling filters, one value or one per code depth.
-            temperature: softmax temperature (> 0).
-            guidance_scale: classifier-free guidance scale for class- and text-conditional models (1 = no
-                guidance). The unconditional branch (the null class, or `negative_prompt` / the empty caption)
-                runs in the same batch as the conditional one.
-            generator: a `torch.Generator`, or one per image for per-image reproducibility.
-            image: with `num_prefix_positions`, an image (or one per sample) whose first `num_prefix_positions`
-                code positions (raster order) are kept while the rest is sampled (image completion).
-            num_prefix_positions: number of code positions taken from `image`.
-            output_type: `"pil"` (list of PIL images), `"np"` ((B, H, W, C) in [0, 1]), `"pt"` ((B, C, H, W) in
-                [0, 1]) or `"latent"` (the codes, long (B, h, w, D)).
-            return_dict: return an `ImagePipelineOutput` (else a tuple).
-            callback_on_step_end: called as `callback_on_step_end(pipe, step, step, callback_kwargs)` after each
-                sampled code position and returning a dict, as in diffusers; `callback_kwargs["codes"]` (B, h, w, D)
-                holds the positions sampled so far (read-only: the key/value caches already hold them). Setting
-                `pipe._interrupt = True` there stops sampling; the positions not sampled stay 0 and are decoded.
-            callback_on_step_end_tensor_inputs: the names in `callback_kwargs`, among `_callback_tensor_inputs`
-                (`["codes"]`, the default).
-            prompt: the caption(s) of a text-conditional model, one per group of `num_images_per_prompt`
-                images; refused by other models.
-            negative_prompt: with `guidance_scale != 1`, the caption(s) of the unconditional branch (one, or one
-                per prompt; ignored without guidance); default the empty caption.
-            num_images_per_prompt: images per prompt (or per class label).
-            compile: decode with static key/value caches and `torch.compile`d steps (CUDA graphs on a GPU), as
-                `generate_codes(compile=...)`: `True` or a `torch.compile` mode; the first call compiles.
+            class_labels (`int | str | list[int | str] | torch.Tensor`, *optional*): class ids or names (resolved
+                through `id2label`) of a class-conditional model, one per image (times `num_images_per_prompt`); `None`
+                for other models.
+            num_images (`int`, *optional*): number of images of an unconditional model (default 1); for
+                conditional models `None` or the number of images the condition gives.
+            top_k, top_p (`int` / `float` or a list, *optional*): sampling filters, one value or one per code depth.
+            temperature (`float`, *optional*, defaults to `1.0`): softmax temperature (> 0).
+            guidance_scale (`float`, *optional*, defaults to `1.0`): classifier-free guidance scale for class- and
+                text-conditional models (1 = no guidance). The unconditional branch (the null class, or
+                `negative_prompt` / the empty caption) runs in the same batch as the conditional one.
+            generator (`torch.Generator | list[torch.Generator]`, *optional*): a `torch.Generator`, or one per
+                image for per-image reproducibility.
+            image (`PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor`, *optional*): with
+                `num_prefix_positions`, an image (or one per sample) whose first `num_prefix_positions` code positions
+                (raster order) are kept while the rest is sampled (image completion).
+            num_prefix_positions (`int`, *optional*, defaults to `0`): number of code positions taken from `image`.
+            output_type (`str`, *optional*, defaults to `'pil'`): `"pil"` (list of PIL images), `"np"` ((B, H, W, C) in
+                [0, 1]), `"pt"` ((B, C, H, W) in [0, 1]) or `"latent"` (the codes, long (B, h, w, D)).
+            return_dict (`bool`, *optional*, defaults to `True`): return an `ImagePipelineOutput` (else a tuple).
+            callback_on_step_end (`Callable[..., dict[str, Any]]`, *optional*): called as
+                `callback_on_step_end(pipe, step, step, callback_kwargs)` after each sampled code position and returning
+                a dict, as in diffusers; `callback_kwargs["codes"]` (B, h, w, D) holds the positions sampled so far
+                (read-only: the key/value caches already hold them). Setting `pipe._interrupt = True` there stops
+                sampling; the positions not sampled stay 0 and are decoded.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the names in `callback_kwargs`, among
+                `_callback_tensor_inputs` (`["codes"]`, the default).
+            prompt (`str | list[str]`, *optional*): the caption(s) of a text-conditional model, one per group of
+                `num_images_per_prompt` images; refused by other models.
+            negative_prompt (`str | list[str]`, *optional*): with `guidance_scale != 1`, the caption(s) of the
+                unconditional branch (one, or one per prompt; ignored without guidance); default the empty caption.
+            num_images_per_prompt (`int`, *optional*, defaults to `1`): images per prompt (or per class label).
+            compile (`bool | str`, *optional*, defaults to `False`): decode with static key/value caches and
+                `torch.compile`d steps (CUDA graphs on a GPU), as `generate_codes(compile=...)`: `True` or a
+                `torch.compile` mode; the first call compiles.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        check_choice("output_type", output_type, OUTPUT_TYPES)
         tensor_inputs = self._callback_tensor_inputs if callback_on_step_end_tensor_inputs is None else list(
             callback_on_step_end_tensor_inputs
         )
@@ -359,6 +361,9 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
                 f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, "
                 f"got {tensor_inputs}."
             )
+        # every argument is checked here, before any tokenizing, encoding or sampling (`generate_codes` runs the
+        # same shared checks for its direct callers)
+        check_sampling_args(top_k, top_p, temperature, guidance_scale, self.transformer.config.code_depth)
         self._interrupt = False
         device = self._execution_device
         condition, batch_size = self._condition(
@@ -367,10 +372,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         if guidance_scale == 1.0:
             condition.pop("negative_text_ids", None)
         condition = {name: value.to(device) for name, value in condition.items()}
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` list must hold {batch_size} generators (one per image), got {len(generator)}."
-            )
+        generator = check_generator(generator, batch_size)
         prefix = self._prefix_codes(image, batch_size, num_prefix_positions, device)
 
         h, w, _ = self.transformer.config.code_shape

@@ -1,12 +1,12 @@
-"""Reusable building blocks of ``examples/train_rqvae.py`` and ``examples/train_rq_transformer.py``.
+"""Reusable building blocks of `examples/train_rqvae.py` and `examples/train_rq_transformer.py`.
 
 Independent of the model classes: losses and discriminator for the RQ-VAE's GAN training, the LPIPS
 perceptual distance, image data loading and transforms, a weights-and-buffers EMA, and the script
-machinery both training scripts share (:mod:`rq_hf.training.script_utils`).
+machinery both training scripts share (`rq_hf.training.script_utils`).
 
 The names below are imported lazily (on first attribute access), so that a script can import
-``rq_hf.training.script_utils`` to build its argument parser without paying for torch / datasets /
-diffusers imports: ``--help`` stays fast.
+`rq_hf.training.script_utils` to build its argument parser without paying for torch / datasets /
+diffusers imports: `--help` stays fast.
 """
 
 from ..lazy_exports import lazy_exports

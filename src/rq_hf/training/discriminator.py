@@ -1,4 +1,4 @@
-"""PatchGAN discriminator of pix2pix / taming-transformers (``NLayerDiscriminator``) as a diffusers model."""
+"""PatchGAN discriminator of pix2pix / taming-transformers (`NLayerDiscriminator`) as a diffusers model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..models.checks import check_int
+
 __all__ = ["PatchGANDiscriminator"]
 
 _NORM_TYPES = ("group", "batch", "none")
@@ -17,29 +19,31 @@ _NORM_TYPES = ("group", "batch", "none")
 class PatchGANDiscriminator(ModelMixin, ConfigMixin):
     """Fully convolutional PatchGAN discriminator: one raw logit per overlapping image patch.
 
-    Layout (same module indices as taming's ``NLayerDiscriminator.main``, so its weights load by
-    state-dict keys when ``norm_type="batch"``): a 4x4 stride-2 conv + LeakyReLU(0.2); ``n_layers - 1``
-    blocks of 4x4 stride-2 conv + norm + LeakyReLU with channels doubling up to ``8 * base_channels``;
+    Layout (same module indices as taming's `NLayerDiscriminator.main`, so its weights load by
+    state-dict keys when `norm_type="batch"`): a 4x4 stride-2 conv + LeakyReLU(0.2); `n_layers - 1`
+    blocks of 4x4 stride-2 conv + norm + LeakyReLU with channels doubling up to `8 * base_channels`;
     one 4x4 stride-1 conv + norm + LeakyReLU; a 4x4 stride-1 conv to one channel. Conv weights are
     initialised from N(0, 0.02) and norm weights from N(1, 0.02) with zero bias, as in taming.
 
-    Normalisation (``norm_type``):
+    Normalisation (`norm_type`):
 
-    - ``"group"`` (default): GroupNorm. It has no running statistics and does not depend on the batch,
+    - `"group"` (default): GroupNorm. It has no running statistics and does not depend on the batch,
       so it behaves the same in train and eval mode, on any per-process batch size, and under DDP
-      without ``SyncBatchNorm``. This is our choice for multi-process training.
-    - ``"batch"``: BatchNorm, as in taming. Under DDP each process normalises with its own batch
-      statistics; convert with ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` before
-      ``accelerator.prepare`` for exact multi-process behaviour. Real and fake batches passed in separate
+      without `SyncBatchNorm`. This is our choice for multi-process training.
+    - `"batch"`: BatchNorm, as in taming. Under DDP each process normalises with its own batch
+      statistics; convert with `torch.nn.SyncBatchNorm.convert_sync_batchnorm` before
+      `accelerator.prepare` for exact multi-process behaviour. Real and fake batches passed in separate
       calls get separate statistics (as in taming).
-    - ``"none"``: no normalisation (convs get a bias instead).
+    - `"none"`: no normalisation (convs get a bias instead).
 
     Args:
-        in_channels: channels of the images (3 for RGB, 1 for grayscale).
-        base_channels: channels of the first conv (``ndf``, 64 in taming).
-        n_layers: number of stride-2 convs (3 in taming); the receptive field grows with it.
-        norm_type: ``"group"``, ``"batch"`` or ``"none"`` (see above).
-        norm_num_groups: groups of GroupNorm, reduced to ``gcd(norm_num_groups, channels)`` per layer.
+        in_channels (`int`, *optional*, defaults to `3`): channels of the images (3 for RGB, 1 for grayscale).
+        base_channels (`int`, *optional*, defaults to `64`): channels of the first conv (`ndf`, 64 in taming).
+        n_layers (`int`, *optional*, defaults to `3`): number of stride-2 convs (3 in taming); the receptive field grows
+            with it.
+        norm_type (`str`, *optional*, defaults to `'group'`): `"group"`, `"batch"` or `"none"` (see above).
+        norm_num_groups (`int`, *optional*, defaults to `32`): groups of GroupNorm, reduced to `gcd(norm_num_groups,
+            channels)` per layer.
     """
 
     @register_to_config
@@ -54,11 +58,10 @@ class PatchGANDiscriminator(ModelMixin, ConfigMixin):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("base_channels", base_channels),
                             ("n_layers", n_layers), ("norm_num_groups", norm_num_groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"PatchGANDiscriminator: `{name}` must be a positive int, got {value!r}")
+            check_int(name, value)
         if norm_type not in _NORM_TYPES:
             raise ValueError(
-                f"PatchGANDiscriminator: `norm_type` must be one of {_NORM_TYPES}, got {norm_type!r}"
+                f"`norm_type` must be one of {_NORM_TYPES}, got {norm_type!r}"
             )
 
         use_bias = norm_type == "none"
@@ -101,22 +104,22 @@ class PatchGANDiscriminator(ModelMixin, ConfigMixin):
             nn.init.zeros_(module.bias)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
-        """Return raw patch logits of shape (B, 1, h, w) for images ``sample`` (B, in_channels, H, W).
+        """Return raw patch logits of shape (B, 1, h, w) for images `sample` (B, in_channels, H, W).
 
         Each spatial stride-2 layer halves the size, the two final 4x4 stride-1 convs remove one pixel
-        each: 32x32 -> 2x2 and 64x64 -> 6x6 with ``n_layers=3``. Inputs must be at least
-        ``3 * 2 ** n_layers`` pixels on each side (24 for ``n_layers=3``).
+        each: 32x32 -> 2x2 and 64x64 -> 6x6 with `n_layers=3`. Inputs must be at least
+        `3 * 2 ** n_layers` pixels on each side (24 for `n_layers=3`).
         """
         expected = self.config.in_channels
         if sample.ndim != 4 or sample.shape[1] != expected:
             raise ValueError(
-                f"PatchGANDiscriminator: `sample` must have shape (B, {expected}, H, W), "
+                f"`sample` must have shape (B, {expected}, H, W), "
                 f"got {tuple(sample.shape)}"
             )
         min_size = 3 * 2**self.config.n_layers
         if min(sample.shape[-2:]) < min_size:
             raise ValueError(
-                f"PatchGANDiscriminator: `sample` must be at least {min_size}x{min_size} for "
+                f"`sample` must be at least {min_size}x{min_size} for "
                 f"n_layers={self.config.n_layers}, got {tuple(sample.shape[-2:])}"
             )
         return self.main(sample)

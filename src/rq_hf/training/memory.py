@@ -45,6 +45,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..models.checks import check_choice
+
 STRATEGIES = ("ddp", "fsdp", "zero3")
 
 
@@ -52,18 +54,18 @@ STRATEGIES = ("ddp", "fsdp", "zero3")
 class MemoryProfile:
     """What one model needs for a training step, independent of the strategy (see the module docstring).
 
-    Args:
-        num_parameters: all parameters (P).
-        num_trainable_parameters: parameters with `requires_grad` (Pt).
-        num_linear_parameters: parameters in `nn.Linear` weights (Pm), which autocast keeps a bf16 copy of.
-        unit_parameters / unit_trainable_parameters: parameters of the largest wrap unit (U / Ut).
-        root_parameters / root_trainable_parameters: parameters outside every wrap unit (R / Rt).
-        num_units: number of wrap units.
-        activation_bytes: bytes kept from the forward for the backward (saved tensors and outputs).
-        checkpointed_activation_bytes: the same with activation checkpointing of every wrap unit.
-        unit_activation_bytes: bytes saved inside the largest wrap unit (rebuilt one unit at a time by
+    Attributes:
+        num_parameters (`int`): all parameters (P).
+        num_trainable_parameters (`int`): parameters with `requires_grad` (Pt).
+        num_linear_parameters (`int`): parameters in `nn.Linear` weights (Pm), which autocast keeps a bf16 copy of.
+        unit_parameters, unit_trainable_parameters (`int`): parameters of the largest wrap unit (U / Ut).
+        root_parameters, root_trainable_parameters (`int`): parameters outside every wrap unit (R / Rt).
+        num_units (`int`): number of wrap units.
+        activation_bytes (`int`): bytes kept from the forward for the backward (saved tensors and outputs).
+        checkpointed_activation_bytes (`int`): the same with activation checkpointing of every wrap unit.
+        unit_activation_bytes (`int`): bytes saved inside the largest wrap unit (rebuilt one unit at a time by
             checkpointing).
-        batch_size: batch of the profiled forward (first dimension of the first input).
+        batch_size (`int`): batch of the profiled forward (first dimension of the first input).
     """
 
     num_parameters: int
@@ -166,13 +168,16 @@ def profile_training_memory(
     """Measure a training forward of `model` on the meta device (nothing is allocated).
 
     Args:
-        model: a module on the meta device (build it under `with torch.device("meta"):`); it is not modified
-            (a copy is cast to `compute_dtype`). Its `requires_grad` flags decide what is trainable.
-        inputs: keyword arguments of `model(**inputs)`, tensors on the meta device (others are moved there);
-            the output must hold a scalar `loss_key` (e.g. `labels` given).
-        wrap_classes: class names of the wrap units; defaults to `model._no_split_modules`.
-        compute_dtype: dtype of the forward (parameters cast to it, as FSDP's `param_dtype` / DeepSpeed bf16).
-        loss_key: name of the loss in the output (a `ModelOutput`, a dict or an object with that attribute).
+        model (`nn.Module`): a module on the meta device (build it under `with torch.device("meta"):`); it is not
+            modified (a copy is cast to `compute_dtype`). Its `requires_grad` flags decide what is trainable.
+        inputs (`Mapping[str, Any]`): keyword arguments of `model(**inputs)`, tensors on the meta device (others are
+            moved there); the output must hold a scalar `loss_key` (e.g. `labels` given).
+        wrap_classes (`Sequence[str]`, *optional*): class names of the wrap units; defaults to
+            `model._no_split_modules`.
+        compute_dtype (`torch.dtype`, *optional*, defaults to `torch.bfloat16`): dtype of the forward (parameters cast
+            to it, as FSDP's `param_dtype` / DeepSpeed bf16).
+        loss_key (`str`, *optional*, defaults to `'loss'`): name of the loss in the output (a `ModelOutput`, a dict or
+            an object with that attribute).
 
     Returns:
         [`MemoryProfile`].
@@ -270,8 +275,7 @@ def profile_training_memory(
 
 def memory_per_device(profile: MemoryProfile, strategy: str, num_processes: int) -> MemoryBreakdown:
     """Bytes per device of `strategy` ("ddp", "fsdp" or "zero3") over `num_processes` devices."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES}, got {strategy!r}.")
+    check_choice("strategy", strategy, STRATEGIES)
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ValueError(f"`num_processes` must be a positive integer, got {num_processes!r}.")
     p, pt, n = profile.num_parameters, profile.num_trainable_parameters, num_processes

@@ -1,16 +1,16 @@
 """LPIPS perceptual distance (Zhang et al., CVPR 2018) with a VGG16 trunk, in plain torch.
 
-No torchvision or ``lpips`` package is used (torchvision does not work beside the torch installed
+No torchvision or `lpips` package is used (torchvision does not work beside the torch installed
 here), and nothing is downloaded: the network needs pretrained weights that the user provides as one or
-more local files (``.pth``/``.pt``/``.bin`` loaded with ``torch.load(weights_only=True)``, or
-``.safetensors``).
+more local files (`.pth`/`.pt`/`.bin` loaded with `torch.load(weights_only=True)`, or
+`.safetensors`).
 
-Expected key layout (extra keys such as ``classifier.*`` are ignored)::
+Expected key layout (extra keys such as `classifier.*` are ignored)::
 
     features.{0,2,5,7,10,12,14,17,19,21,24,26,28}.{weight,bias}   # torchvision vgg16().features
     lin{0..4}.model.1.weight                                       # lpips v0.1 "vgg" linear layers
 
-The ``net.slice{1..5}.{i}.*`` keys of an ``lpips.LPIPS`` / taming ``LPIPS`` state dict are accepted too
+The `net.slice{1..5}.{i}.*` keys of an `lpips.LPIPS` / taming `LPIPS` state dict are accepted too
 (they hold the same VGG modules under their original indices). One way to build a single file, on a
 machine that has torchvision and lpips::
 
@@ -21,7 +21,7 @@ machine that has torchvision and lpips::
     torch.save(sd, "lpips_vgg.pth")
 
 or pass the two files together:
-``LPIPS.from_pretrained(["vgg16-397923af.pth", "lpips/weights/v0.1/vgg.pth"])``.
+`LPIPS.from_pretrained(["vgg16-397923af.pth", "lpips/weights/v0.1/vgg.pth"])`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ _MISSING_WEIGHTS_HELP = (
 
 
 class _LinearHead(nn.Module):
-    """1x1 conv from C channels to 1, under ``model.1`` as in lpips (``model.0`` is lpips' Dropout)."""
+    """1x1 conv from C channels to 1, under `model.1` as in lpips (`model.0` is lpips' Dropout)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -74,7 +74,7 @@ class LPIPS(nn.Module):
     channels. The output is the per-sample distance, shape (B,); it is 0 for identical images and the
     gradient flows to the inputs (use it as the perceptual term of the RQ-VAE loss).
 
-    Build it with :meth:`from_pretrained`; ``LPIPS()`` alone has random weights (for tests only).
+    Build it with [`from_pretrained`]; `LPIPS()` alone has random weights (for tests only).
     """
 
     def __init__(self) -> None:
@@ -102,7 +102,7 @@ class LPIPS(nn.Module):
         self.eval()
 
     def train(self, mode: bool = True) -> LPIPS:
-        """LPIPS stays in eval mode whatever ``mode`` says (a frozen metric network)."""
+        """LPIPS stays in eval mode whatever `mode` says (a frozen metric network)."""
         return super().train(False)
 
     @classmethod
@@ -110,8 +110,8 @@ class LPIPS(nn.Module):
         """Load LPIPS weights from one local file or several (merged in order).
 
         Args:
-            path: a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, or a list of them, with the key
-                layout described in the module docstring. ``None`` raises a ``ValueError`` explaining how
+            path (`PathLike | Sequence[PathLike] | None`): a `.pth`/`.pt`/`.bin` or `.safetensors` file, or a list of
+                them, with the key layout described in the module docstring. `None` raises a `ValueError` explaining how
                 to get one.
 
         Raises:
@@ -120,7 +120,7 @@ class LPIPS(nn.Module):
         """
         if path is None or (not isinstance(path, (str, os.PathLike)) and len(path) == 0):
             raise ValueError(
-                f"LPIPS.from_pretrained: `path` is required, got {path!r}. {_MISSING_WEIGHTS_HELP}"
+                f"`path` is required, got {path!r}. {_MISSING_WEIGHTS_HELP}"
             )
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         state: dict[str, torch.Tensor] = {}
@@ -143,7 +143,7 @@ class LPIPS(nn.Module):
         return model
 
     def save_pretrained(self, path: PathLike) -> None:
-        """Save the weights to one ``.safetensors`` (or ``.pth``) file that :meth:`from_pretrained` reads."""
+        """Save the weights to one `.safetensors` (or `.pth`) file that [`from_pretrained`] reads."""
         from ..models.atomic_save import atomic_save_file
 
         path = os.fspath(path)
@@ -157,14 +157,14 @@ class LPIPS(nn.Module):
                 torch.save(state, tmp)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Return the LPIPS distance of ``input`` and ``target`` ((B, C, H, W) in [-1, 1]), shape (B,)."""
+        """Return the LPIPS distance of `input` and `target` ((B, C, H, W) in [-1, 1]), shape (B,)."""
         if input.shape != target.shape:
             raise ValueError(
-                f"LPIPS: `input` and `target` must have the same shape, got {tuple(input.shape)} "
+                f"`input` and `target` must have the same shape, got {tuple(input.shape)} "
                 f"and {tuple(target.shape)}"
             )
         if input.ndim != 4 or input.shape[1] not in (1, 3):
-            raise ValueError(f"LPIPS: `input` must have shape (B, 1 or 3, H, W), got {tuple(input.shape)}")
+            raise ValueError(f"`input` must have shape (B, 1 or 3, H, W), got {tuple(input.shape)}")
         if min(input.shape[-2:]) < 16:
             raise ValueError(
                 f"LPIPS: images must be at least 16x16 (four 2x max pools), got {tuple(input.shape[-2:])}"

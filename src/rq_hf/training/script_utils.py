@@ -1,9 +1,9 @@
-"""Machinery shared by ``examples/train_rqvae.py`` and ``examples/train_rq_transformer.py``.
+"""Machinery shared by `examples/train_rqvae.py` and `examples/train_rq_transformer.py`.
 
 Everything here imports torch / accelerate / datasets / diffusers lazily (inside the functions), so a
-script can build its parser and answer ``--help`` in a fraction of a second.
+script can build its parser and answer `--help` in a fraction of a second.
 
-The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 script uses it like this::
+The flag names follow diffusers' `examples/vqgan/train_vqgan.py`. A stage-2 script uses it like this::
 
     parser = argparse.ArgumentParser(description=...)
     add_data_args(parser)                   # --dataset_name, --train_data_dir, --image_column, ...
@@ -20,22 +20,27 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     progress = resume_training(accelerator, args)  # a new TrainingProgress, or the checkpoint's
     init_trackers(accelerator, args, "rq-transformer")
+    bookkeeping = StepBookkeeping(accelerator, args, schedule, progress)  # progress bar, logs, checkpoints
     for epoch, batch in iterate_epochs(loader, progress, schedule):   # resumes mid-epoch exactly
-        ...
-        values = reduce_step_values(accelerator, {"loss": loss.detach()})   # one all-reduce
-        guard_finite(values, progress.global_step + 1, args.output_dir)     # before backward/step
-        ...
-        if accelerator.sync_gradients:
-            progress.global_step += 1
-            maybe_save_checkpoint(accelerator, args, progress.global_step)
-            if progress.global_step >= schedule.max_train_steps: break
+        with accelerator.accumulate(model):
+            loss = ...
+            logs = bookkeeping.reduce_or_stop({"loss": loss.detach()})  # one all-reduce; NaN/inf stops here
+            accelerator.backward(loss); optimizer.step(); lr_scheduler.step(); optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        logs = bookkeeping.step_done(logs, lr=lr_scheduler.get_last_lr()[0])   # global_step += 1
+        if bookkeeping.validation_due():
+            logs.update(validate(...))
+        if bookkeeping.log_and_checkpoint(logs):   # True once max_train_steps is reached
+            break
+    bookkeeping.close()
     save_and_push(model_to_save, args, metrics=..., description=...)   # save_pretrained + card + push
 
-Checkpoints are folders ``output_dir/checkpoint-<step>`` written by ``accelerator.save_state`` on every
+Checkpoints are folders `output_dir/checkpoint-<step>` written by `accelerator.save_state` on every
 process into a hidden staging folder that the main process moves into place when all processes are done
-(``rq_hf.models.atomic_save``), so a folder named ``checkpoint-<step>`` is always complete (a run killed
-mid-save leaves only the staging folder, which the next save removes). ``--checkpoints_total_limit`` removes
-the oldest ones only after the new one is complete; ``--resume_from_checkpoint latest`` skips incomplete
+(`rq_hf.models.atomic_save`), so a folder named `checkpoint-<step>` is always complete (a run killed
+mid-save leaves only the staging folder, which the next save removes). `--checkpoints_total_limit` removes
+the oldest ones only after the new one is complete; `--resume_from_checkpoint latest` skips incomplete
 folders, naming them.
 """
 
@@ -53,6 +58,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..models.checks import check_int, check_number
+
 __all__ = [
     "CHECKPOINT_MANIFEST",
     "FASHION_MNIST_NAME",
@@ -60,6 +67,7 @@ __all__ = [
     "MetricsLog",
     "NonFiniteLossError",
     "Schedule",
+    "StepBookkeeping",
     "TrainingProgress",
     "add_bookkeeping_args",
     "add_data_args",
@@ -91,13 +99,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: ``--dataset_name`` value that loads Fashion-MNIST with :func:`rq_hf.data.load_fashion_mnist`
-#: (the Debian ``dataset-fashion-mnist`` files, offline; the Hub dataset elsewhere).
+#: `--dataset_name` value that loads Fashion-MNIST with [`rq_hf.data.load_fashion_mnist`]
+#: (the Debian `dataset-fashion-mnist` files, offline; the Hub dataset elsewhere).
 FASHION_MNIST_NAME = "fashion_mnist"
-#: Trackers ``--report_to`` accepts, with the module that must be importable.
+#: Trackers `--report_to` accepts, with the module that must be importable.
 KNOWN_TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 CHECKPOINT_PREFIX = "checkpoint-"
-#: File of a checkpoint folder listing its files and their sizes (see :func:`checkpoint_problem`).
+#: File of a checkpoint folder listing its files and their sizes (see [`checkpoint_problem`]).
 CHECKPOINT_MANIFEST = "rq_hf_checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _LEGACY_STAGING_RE = re.compile(r"^checkpoint-(\d+)\.tmp$")
@@ -107,13 +115,13 @@ _LEGACY_STAGING_RE = re.compile(r"^checkpoint-(\d+)\.tmp$")
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the image-dataset flags (diffusers names) to ``parser`` and return their group.
+    """Add the image-dataset flags (diffusers names) to `parser` and return their group.
 
-    ``--dataset_name`` (Hub id, local ``save_to_disk`` folder, or ``fashion_mnist``),
-    ``--dataset_config_name``,
-    ``--train_data_dir`` (imagefolder), ``--cache_dir``, ``--image_column``, ``--resolution``,
-    ``--center_crop``, ``--random_flip``, ``--pad_to_resolution``, ``--max_train_samples``,
-    ``--on_decode_error``, ``--dataloader_num_workers``.
+    `--dataset_name` (Hub id, local `save_to_disk` folder, or `fashion_mnist`),
+    `--dataset_config_name`,
+    `--train_data_dir` (imagefolder), `--cache_dir`, `--image_column`, `--resolution`,
+    `--center_crop`, `--random_flip`, `--pad_to_resolution`, `--max_train_samples`,
+    `--on_decode_error`, `--dataloader_num_workers`.
     """
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -166,12 +174,12 @@ def add_optimization_args(
     max_grad_norm: float | None = 1.0,
     train_batch_size: int = 16,
 ) -> argparse._ArgumentGroup:
-    """Add the optimisation flags (diffusers names) to ``parser``; keyword arguments set the defaults.
+    """Add the optimisation flags (diffusers names) to `parser`; keyword arguments set the defaults.
 
-    ``--train_batch_size`` (per process), ``--num_train_epochs``, ``--max_train_steps`` (overrides the
-    epochs), ``--gradient_accumulation_steps``, ``--gradient_checkpointing``, ``--learning_rate``,
-    ``--scale_lr``, ``--lr_scheduler``, ``--lr_warmup_steps``, ``--adam_beta1/2``, ``--adam_weight_decay``,
-    ``--adam_epsilon``, ``--max_grad_norm`` (0 or negative: no clipping), ``--seed``, ``--mixed_precision``.
+    `--train_batch_size` (per process), `--num_train_epochs`, `--max_train_steps` (overrides the
+    epochs), `--gradient_accumulation_steps`, `--gradient_checkpointing`, `--learning_rate`,
+    `--scale_lr`, `--lr_scheduler`, `--lr_warmup_steps`, `--adam_beta1/2`, `--adam_weight_decay`,
+    `--adam_epsilon`, `--max_grad_norm` (0 or negative: no clipping), `--seed`, `--mixed_precision`.
     """
     group = parser.add_argument_group("optimisation")
     group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="Batch per process.")
@@ -214,11 +222,11 @@ def add_optimization_args(
 
 
 def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) -> argparse._ArgumentGroup:
-    """Add output, checkpoint, logging and Hub flags (diffusers names) to ``parser``.
+    """Add output, checkpoint, logging and Hub flags (diffusers names) to `parser`.
 
-    ``--output_dir``, ``--logging_dir``, ``--checkpointing_steps``, ``--checkpoints_total_limit``,
-    ``--resume_from_checkpoint <path|latest>``, ``--validation_steps``, ``--report_to``,
-    ``--tracker_project_name``, ``--push_to_hub``, ``--hub_model_id``, ``--hub_token``, ``--hub_private``.
+    `--output_dir`, `--logging_dir`, `--checkpointing_steps`, `--checkpoints_total_limit`,
+    `--resume_from_checkpoint <path|latest>`, `--validation_steps`, `--report_to`,
+    `--tracker_project_name`, `--push_to_hub`, `--hub_model_id`, `--hub_token`, `--hub_private`.
     """
     group = parser.add_argument_group("bookkeeping")
     group.add_argument("--output_dir", type=str, default=output_dir, help="Model, checkpoints and logs.")
@@ -252,39 +260,31 @@ def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) ->
     return group
 
 
-def _check_positive(args: argparse.Namespace, name: str, allow_none: bool = False) -> None:
-    value = getattr(args, name)
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"`--{name}` must be a positive integer, got {value!r}")
-
-
 def check_common_args(args: argparse.Namespace) -> None:
-    """Validate the flags added by the ``add_*_args`` helpers; raise ``ValueError`` naming the flag.
+    """Validate the flags added by the `add_*_args` helpers; raise `ValueError` naming the flag.
 
-    ``--dataset_name fashion_mnist`` (28x28 images) also switches ``--pad_to_resolution`` on: the images are
+    `--dataset_name fashion_mnist` (28x28 images) also switches `--pad_to_resolution` on: the images are
     padded, never resized.
     """
     if getattr(args, "dataset_name", None) is None and getattr(args, "train_data_dir", None) is None:
         if hasattr(args, "dataset_name"):
-            raise ValueError("give `--dataset_name` or `--train_data_dir`, got neither")
+            raise ValueError("`--dataset_name` or `--train_data_dir` must be given, got neither.")
     if getattr(args, "dataset_name", None) is not None and getattr(args, "train_data_dir", None) is not None:
         raise ValueError(
-            f"give only one of `--dataset_name` ({args.dataset_name!r}) and `--train_data_dir` "
-            f"({args.train_data_dir!r})"
+            "`--dataset_name` and `--train_data_dir` must not both be given (only one source), got "
+            f"{args.dataset_name!r} and {args.train_data_dir!r}."
         )
     for name in ("train_batch_size", "num_train_epochs", "gradient_accumulation_steps",
                  "checkpointing_steps", "validation_steps", "resolution"):
         if hasattr(args, name):
-            _check_positive(args, name)
+            check_int(f"--{name}", getattr(args, name))
     for name in ("max_train_steps", "checkpoints_total_limit", "max_train_samples"):
         if hasattr(args, name):
-            _check_positive(args, name, allow_none=True)
-    if getattr(args, "lr_warmup_steps", 0) < 0:
-        raise ValueError(f"`--lr_warmup_steps` must be >= 0, got {args.lr_warmup_steps}")
-    if getattr(args, "learning_rate", 1.0) <= 0:
-        raise ValueError(f"`--learning_rate` must be > 0, got {args.learning_rate}")
+            check_int(f"--{name}", getattr(args, name), allow_none=True)
+    if hasattr(args, "lr_warmup_steps"):
+        check_int("--lr_warmup_steps", args.lr_warmup_steps, 0)
+    if hasattr(args, "learning_rate"):
+        check_number("--learning_rate", args.learning_rate, 0, low_open=True)
     resolve_report_to(getattr(args, "report_to", "none"), check_only=True)
 
 
@@ -294,11 +294,11 @@ def check_common_args(args: argparse.Namespace) -> None:
 
 
 def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[str]:
-    """Turn ``--report_to`` into the list of installed trackers.
+    """Turn `--report_to` into the list of installed trackers.
 
-    ``"none"``/empty gives ``[]``; ``"all"`` every installed tracker among :data:`KNOWN_TRACKERS`. A named
+    `"none"`/empty gives `[]`; `"all"` every installed tracker among [`KNOWN_TRACKERS`]. A named
     tracker that is not installed is dropped with a warning saying what to install (the run goes on; its
-    metrics still reach ``metrics.jsonl``). An unknown name raises ``ValueError``.
+    metrics still reach `metrics.jsonl`). An unknown name raises `ValueError`.
     """
     import importlib.util
 
@@ -328,7 +328,7 @@ def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[s
 
 
 def reset_accelerate_state() -> None:
-    """Reset accelerate's process-wide singletons so that another ``Accelerator`` can be built in this process.
+    """Reset accelerate's process-wide singletons so that another `Accelerator` can be built in this process.
 
     Needed when several trainings run one after the other in one process (the quickstart, the tests).
     """
@@ -340,11 +340,11 @@ def reset_accelerate_state() -> None:
 
 
 def make_accelerator(args: argparse.Namespace):
-    """Build the ``Accelerator`` (project folders, mixed precision, trackers, gradient accumulation) and seed.
+    """Build the `Accelerator` (project folders, mixed precision, trackers, gradient accumulation) and seed.
 
     The data loaders it prepares shuffle with a seedable, epoch-dependent sampler
-    (``use_seedable_sampler=True``): with ``loader.set_epoch(epoch)`` (done by :func:`iterate_epochs`) the
-    order of every epoch is a function of ``--seed`` and the epoch, so a resumed run sees the same batches.
+    (`use_seedable_sampler=True`): with `loader.set_epoch(epoch)` (done by [`iterate_epochs`]) the
+    order of every epoch is a function of `--seed` and the epoch, so a resumed run sees the same batches.
     """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -390,7 +390,7 @@ def init_trackers(accelerator, args: argparse.Namespace, project_name: str) -> N
 
 
 class MetricsLog:
-    """Append-only JSON-lines log of the step metrics (main process): ``output_dir/logs/metrics.jsonl``.
+    """Append-only JSON-lines log of the step metrics (main process): `output_dir/logs/metrics.jsonl`.
 
     Always written, whatever the trackers, so runs (and tests) can read the curves back.
     """
@@ -402,7 +402,7 @@ class MetricsLog:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
 
     def log(self, values: Mapping[str, float], step: int) -> None:
-        """Send ``values`` to the trackers and append them (with ``step``) to the JSONL file."""
+        """Send `values` to the trackers and append them (with `step`) to the JSONL file."""
         self.accelerator.log(dict(values), step=step)
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as f:
@@ -418,11 +418,11 @@ def _is_fashion_mnist(args: argparse.Namespace) -> bool:
 
 
 def load_train_dataset(args: argparse.Namespace, split: str = "train", label_column: str | None = None):
-    """Load the training split named by the data flags, with ``--max_train_samples`` applied.
+    """Load the training split named by the data flags, with `--max_train_samples` applied.
 
-    ``--dataset_name fashion_mnist`` uses :func:`rq_hf.data.load_fashion_mnist`. Errors (no source, empty
-    dataset, missing column) are ``ValueError``s from :func:`rq_hf.data.load_image_dataset` naming the flag.
-    ``args`` is not changed.
+    `--dataset_name fashion_mnist` uses [`rq_hf.data.load_fashion_mnist`]. Errors (no source, empty
+    dataset, missing column) are `ValueError`s from [`rq_hf.data.load_image_dataset`] naming the flag.
+    `args` is not changed.
     """
     from rq_hf.data import check_image_dataset, load_fashion_mnist, load_image_dataset
 
@@ -446,9 +446,9 @@ def load_train_dataset(args: argparse.Namespace, split: str = "train", label_col
 
 
 def make_train_dataloader(dataset, args: argparse.Namespace, collate_fn, shuffle: bool = True):
-    """A shuffling ``DataLoader`` (to be passed to ``accelerator.prepare``, which shards it).
+    """A shuffling `DataLoader` (to be passed to `accelerator.prepare`, which shards it).
 
-    It owns a ``torch.Generator`` seeded with ``--seed``, so creating its iterators never draws from the
+    It owns a `torch.Generator` seeded with `--seed`, so creating its iterators never draws from the
     global torch RNG (whose state checkpoints save and restore for the model's own randomness).
     """
     import torch
@@ -478,9 +478,9 @@ class Schedule:
 
 
 def compute_schedule(num_batches_per_epoch: int, args: argparse.Namespace) -> Schedule:
-    """Optimisation steps per epoch, total steps and epochs (``--max_train_steps`` wins over epochs).
+    """Optimisation steps per epoch, total steps and epochs (`--max_train_steps` wins over epochs).
 
-    Call it with ``len(prepared_dataloader)``: after ``accelerator.prepare`` the loader is sharded, so the
+    Call it with `len(prepared_dataloader)`: after `accelerator.prepare` the loader is sharded, so the
     steps are those of one process (diffusers' train_vqgan builds its scheduler before knowing this).
     """
     if num_batches_per_epoch < 1:
@@ -498,10 +498,10 @@ def compute_schedule(num_batches_per_epoch: int, args: argparse.Namespace) -> Sc
 
 
 def make_lr_scheduler(optimizer, args: argparse.Namespace, schedule: Schedule, num_processes: int):
-    """diffusers ``get_scheduler(--lr_scheduler)`` over ``schedule.max_train_steps``, ``--lr_warmup_steps``.
+    """diffusers `get_scheduler(--lr_scheduler)` over `schedule.max_train_steps`, `--lr_warmup_steps`.
 
-    Counts are multiplied by ``num_processes`` because a prepared scheduler steps once per process each
-    optimisation step (accelerate's ``AcceleratedScheduler`` with ``split_batches=False``).
+    Counts are multiplied by `num_processes` because a prepared scheduler steps once per process each
+    optimisation step (accelerate's `AcceleratedScheduler` with `split_batches=False`).
     """
     from diffusers.optimization import get_scheduler
 
@@ -518,14 +518,14 @@ def make_lr_scheduler(optimizer, args: argparse.Namespace, schedule: Schedule, n
 
 @dataclass
 class TrainingProgress:
-    """Where the run stands; registered with ``accelerator.register_for_checkpointing`` so that
-    ``save_state`` / ``load_state`` carry it.
+    """Where the run stands; registered with `accelerator.register_for_checkpointing` so that
+    `save_state` / `load_state` carry it.
 
     Attributes:
         global_step: optimisation steps done.
         epoch: current epoch.
         batches_in_epoch: batches of the current epoch already consumed by this process (skipped ones
-            included), i.e. how many to skip with ``accelerator.skip_first_batches`` when resuming.
+            included), i.e. how many to skip with `accelerator.skip_first_batches` when resuming.
         num_skipped_images: undecodable images skipped so far (summed over processes).
     """
 
@@ -543,13 +543,13 @@ class TrainingProgress:
 
 
 def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -> Iterator[tuple[int, Any]]:
-    """Yield ``(epoch, batch)`` from ``progress.epoch`` on, skipping the batches a resumed run already saw.
+    """Yield `(epoch, batch)` from `progress.epoch` on, skipping the batches a resumed run already saw.
 
-    Sets the sampler's epoch (``dataloader.set_epoch``) so the shuffled order depends only on the seed and
-    the epoch, tells the dataset's :class:`~rq_hf.data.ImageBatchTransform` the epoch (its seeded
-    augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed
-    epoch (skipped batches are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch``
-    up to date. The caller stops it (``break``) when ``max_train_steps`` is reached.
+    Sets the sampler's epoch (`dataloader.set_epoch`) so the shuffled order depends only on the seed and
+    the epoch, tells the dataset's [`~rq_hf.data.ImageBatchTransform`] the epoch (its seeded
+    augmentations depend on it), uses `accelerate.skip_first_batches` for the first, partly consumed
+    epoch (skipped batches are not loaded), and keeps `progress.epoch` / `progress.batches_in_epoch`
+    up to date. The caller stops it (`break`) when `max_train_steps` is reached.
     """
     from accelerate import skip_first_batches
 
@@ -570,10 +570,10 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
 
 
 def checkpoint_problem(path: str) -> str | None:
-    """None when ``path`` is a complete checkpoint, else what is wrong with it.
+    """None when `path` is a complete checkpoint, else what is wrong with it.
 
-    A checkpoint written by :func:`save_checkpoint` lists its files and their sizes in
-    ``rq_hf_checkpoint.json``; all must be there. One written before that file existed must hold at least
+    A checkpoint written by [`save_checkpoint`] lists its files and their sizes in
+    `rq_hf_checkpoint.json`; all must be there. One written before that file existed must hold at least
     accelerate's model, optimizer and random-state files.
     """
     manifest = os.path.join(path, CHECKPOINT_MANIFEST)
@@ -598,7 +598,7 @@ def checkpoint_problem(path: str) -> str | None:
 
 
 def _checkpoint_steps(output_dir: str) -> list[tuple[int, str]]:
-    """``(step, name)`` of the ``checkpoint-<step>`` folders in ``output_dir``, oldest first."""
+    """`(step, name)` of the `checkpoint-<step>` folders in `output_dir`, oldest first."""
     if not os.path.isdir(output_dir):
         return []
     return sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
@@ -606,9 +606,9 @@ def _checkpoint_steps(output_dir: str) -> list[tuple[int, str]]:
 
 
 def get_last_checkpoint(output_dir: str) -> str | None:
-    """The complete ``checkpoint-<step>`` folder with the highest step in ``output_dir``, or None.
+    """The complete `checkpoint-<step>` folder with the highest step in `output_dir`, or None.
 
-    Newer folders that are not complete (see :func:`checkpoint_problem`) are skipped with a warning naming
+    Newer folders that are not complete (see [`checkpoint_problem`]) are skipped with a warning naming
     them; staging folders of saves in progress or killed (hidden names) are never candidates.
     """
     for _, name in reversed(_checkpoint_steps(output_dir)):
@@ -621,10 +621,10 @@ def get_last_checkpoint(output_dir: str) -> str | None:
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
-    """Turn ``--resume_from_checkpoint`` into a folder to ``load_state`` from (or None: fresh run).
+    """Turn `--resume_from_checkpoint` into a folder to `load_state` from (or None: fresh run).
 
-    ``"latest"`` picks :func:`get_last_checkpoint` (a fresh run, with a log line, when there is none); any
-    other value must be an existing, complete checkpoint folder (``ValueError`` otherwise).
+    `"latest"` picks [`get_last_checkpoint`] (a fresh run, with a log line, when there is none); any
+    other value must be an existing, complete checkpoint folder (`ValueError` otherwise).
     """
     if resume_from_checkpoint is None:
         return None
@@ -648,8 +648,8 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
 
 
 def resume_training(accelerator, args: argparse.Namespace, *state: Any) -> TrainingProgress:
-    """A new :class:`TrainingProgress`, registered for checkpointing together with ``state`` (e.g. an EMA model),
-    and restored with them from ``--resume_from_checkpoint`` when given: the run continues at the saved step,
+    """A new [`TrainingProgress`], registered for checkpointing together with `state` (e.g. an EMA model),
+    and restored with them from `--resume_from_checkpoint` when given: the run continues at the saved step,
     epoch and batch."""
     progress = TrainingProgress()
     for obj in (progress, *state):
@@ -664,12 +664,12 @@ def resume_training(accelerator, args: argparse.Namespace, *state: Any) -> Train
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
-    """``accelerator.save_state`` into ``output_dir/checkpoint-<step>`` on EVERY process; returns the folder.
+    """`accelerator.save_state` into `output_dir/checkpoint-<step>` on EVERY process; returns the folder.
 
-    Written into a hidden staging folder beside it (``rq_hf.models.atomic_save``) with a manifest of its files,
+    Written into a hidden staging folder beside it (`rq_hf.models.atomic_save`) with a manifest of its files,
     and moved into place by the main process once all processes are done: a folder named
-    ``checkpoint-<step>`` is always complete. Only then, with ``total_limit``, are the oldest checkpoints
-    removed so that at most ``total_limit`` remain. A failed save (e.g. a full disk) leaves the earlier
+    `checkpoint-<step>` is always complete. Only then, with `total_limit`, are the oldest checkpoints
+    removed so that at most `total_limit` remain. A failed save (e.g. a full disk) leaves the earlier
     checkpoints as they were; the staging folder of a killed save is removed by the next save.
     """
     from accelerate.utils import broadcast_object_list
@@ -709,7 +709,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
 
 
 def maybe_save_checkpoint(accelerator, args: argparse.Namespace, global_step: int) -> str | None:
-    """:func:`save_checkpoint` when ``global_step`` is a multiple of ``--checkpointing_steps``."""
+    """[`save_checkpoint`] when `global_step` is a multiple of `--checkpointing_steps`."""
     if global_step % args.checkpointing_steps != 0:
         return None
     return save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
@@ -725,8 +725,8 @@ class NonFiniteLossError(RuntimeError):
 def reduce_step_values(accelerator, values: Mapping[str, Any]) -> dict[str, float]:
     """Average scalar tensors/numbers over processes with ONE all-reduce; returns Python floats.
 
-    Also adds ``"nonfinite"``: the number of processes on which some value was NaN/inf (so that every
-    process takes the same decision in :func:`guard_finite`).
+    Also adds `"nonfinite"`: the number of processes on which some value was NaN/inf (so that every
+    process takes the same decision in [`guard_finite`]).
     """
     import torch
 
@@ -749,9 +749,9 @@ def reduce_step_values(accelerator, values: Mapping[str, Any]) -> dict[str, floa
 
 
 def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> None:
-    """Raise :class:`NonFiniteLossError` when :func:`reduce_step_values` saw a NaN/inf on any process.
+    """Raise [`NonFiniteLossError`] when [`reduce_step_values`] saw a NaN/inf on any process.
 
-    Call it before ``backward``/``optimizer.step``: nothing is updated or saved after a non-finite loss,
+    Call it before `backward`/`optimizer.step`: nothing is updated or saved after a non-finite loss,
     so the last checkpoint (named in the message) stays the last good state.
     """
     if values.get("nonfinite", 0.0) <= 0:
@@ -768,10 +768,10 @@ def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> Non
 
 def count_skipped_images(accelerator, batch: Mapping[str, Any], progress: TrainingProgress,
                          key: str = "pixel_values") -> bool:
-    """Account for the undecodable images of a :func:`rq_hf.data.collate_images` batch, on every process.
+    """Account for the undecodable images of a [`rq_hf.data.collate_images`] batch, on every process.
 
-    One all-reduce sums ``batch["num_skipped"]`` and the number of processes whose ``batch[key]`` is None
-    (every row of their batch was dropped); the count is added to ``progress.num_skipped_images`` with a
+    One all-reduce sums `batch["num_skipped"]` and the number of processes whose `batch[key]` is None
+    (every row of their batch was dropped); the count is added to `progress.num_skipped_images` with a
     warning. Returns True when the batch must be skipped: then *every* process skips it together (under
     DDP a process that skipped alone would leave the others waiting in the gradient all-reduce).
     """
@@ -788,6 +788,72 @@ def count_skipped_images(accelerator, batch: Mapping[str, Any], progress: Traini
     return bool(flags[1] > 0)
 
 
+class StepBookkeeping:
+    """The chores around each optimizer step of a training script, apart from the step itself: the progress bar,
+    the per-step logs (trackers and `output_dir/logs/metrics.jsonl`), the non-finite guard, the validation
+    trigger and the periodic checkpoint. The script calls each one where it belongs in its loop (see the module
+    docstring, or either training script); none of them calls back into the script.
+
+    Args:
+        accelerator (`accelerate.Accelerator`): the run's accelerator.
+        args (`argparse.Namespace`): the parsed flags (`--output_dir`, `--logging_dir`, `--validation_steps`,
+            `--checkpointing_steps`, `--checkpoints_total_limit`).
+        schedule (`Schedule`): the run's [`Schedule`] (`max_train_steps`).
+        progress (`TrainingProgress`): the run's [`TrainingProgress`] (from [`resume_training`]); `step_done` advances
+            it.
+    """
+
+    def __init__(self, accelerator, args: argparse.Namespace, schedule: Schedule, progress: TrainingProgress):
+        from tqdm.auto import tqdm
+
+        self.accelerator, self.args, self.schedule, self.progress = accelerator, args, schedule, progress
+        self.metrics = MetricsLog(accelerator, args.output_dir, args.logging_dir)
+        self.progress_bar = tqdm(total=schedule.max_train_steps, initial=progress.global_step, desc="Steps",
+                                 disable=not accelerator.is_local_main_process)
+
+    @property
+    def finished(self) -> bool:
+        """Whether `max_train_steps` optimizer steps are done."""
+        return self.progress.global_step >= self.schedule.max_train_steps
+
+    def reduce_or_stop(self, values: Mapping[str, Any]) -> dict[str, float]:
+        """`values` (scalar tensors or numbers) averaged over processes with one all-reduce, as floats. When one
+        is NaN/inf on any process, raise [`NonFiniteLossError`] on every process: call it before `backward`, so
+        that nothing is updated or saved after a non-finite loss."""
+        reduced = reduce_step_values(self.accelerator, values)
+        guard_finite(reduced, self.progress.global_step + 1, self.args.output_dir)
+        reduced.pop("nonfinite")
+        return reduced
+
+    def step_done(self, logs: Mapping[str, float], **extra: float) -> dict[str, float]:
+        """Count one optimizer step (`progress.global_step += 1`, the progress bar) and return the step's logs:
+        `logs`, `extra` (e.g. `lr=...`) and the number of undecodable images skipped so far."""
+        self.progress.global_step += 1
+        logs = {**logs, **extra, "num_skipped_images": self.progress.num_skipped_images}
+        self.progress_bar.update(1)
+        self.progress_bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "lr") if k in logs})
+        return logs
+
+    def validation_due(self) -> bool:
+        """Whether to validate at this step: every `--validation_steps`, except the last step (a script validates
+        the final model after its loop)."""
+        return self.progress.global_step % self.args.validation_steps == 0 and not self.finished
+
+    def log(self, values: Mapping[str, float]) -> None:
+        """Send `values` to the trackers and `metrics.jsonl` at the current step."""
+        self.metrics.log(values, step=self.progress.global_step)
+
+    def log_and_checkpoint(self, logs: Mapping[str, float]) -> bool:
+        """Log the step's `logs`, save a checkpoint every `--checkpointing_steps` (on every process), and return
+        whether training is finished (`max_train_steps` reached)."""
+        self.log(logs)
+        maybe_save_checkpoint(self.accelerator, self.args, self.progress.global_step)
+        return self.finished
+
+    def close(self) -> None:
+        self.progress_bar.close()
+
+
 # ======================================================================================= final save / Hub
 
 
@@ -802,13 +868,13 @@ def training_card_section(description: str, args: argparse.Namespace | None = No
 
 
 def hub_repo_id(args: argparse.Namespace) -> str:
-    """``--hub_model_id``, or the name of ``--output_dir``."""
+    """`--hub_model_id`, or the name of `--output_dir`."""
     return args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
 
 
 def save_and_push(model, args: argparse.Namespace, *, metrics: dict[str, Any], description: str) -> str | None:
-    """Save the trained `model` (an rq-hf model or pipeline) into ``--output_dir`` with its model card, the card
-    listing `metrics` and a `## Training` section (`description` and the flags); with ``--push_to_hub``, upload
+    """Save the trained `model` (an rq-hf model or pipeline) into `--output_dir` with its model card, the card
+    listing `metrics` and a `## Training` section (`description` and the flags); with `--push_to_hub`, upload
     that folder, card included (checkpoints stay local). Returns the Hub repo id, or `None` without a push.
     """
     from rq_hf.models.hub_utils import push_folder_to_hub
@@ -826,9 +892,9 @@ def save_and_push(model, args: argparse.Namespace, *, metrics: dict[str, Any], d
 
 
 def run_script(script: str, argv: list[str]) -> None:
-    """Run ``python <script> <argv>`` in a process of its own, as a user would from a shell.
+    """Run `python <script> <argv>` in a process of its own, as a user would from a shell.
 
-    Raises ``RuntimeError`` naming the command and its exit status when it fails (its output went to the
+    Raises `RuntimeError` naming the command and its exit status when it fails (its output went to the
     terminal).
     """
     import shlex
@@ -846,11 +912,11 @@ def run_cli(
     argv: list[str] | None = None,
     errors: tuple[type[BaseException], ...] = (),
 ) -> None:
-    """The ``__main__`` entry of a script: run ``main(argv)``, reporting errors of the call as argparse does.
+    """The `__main__` entry of a script: run `main(argv)`, reporting errors of the call as argparse does.
 
-    A bad flag or input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError`` or
-    one of ``errors``) prints the script's usage line and ``<prog>: error: <message>`` and exits with status 2,
-    instead of a traceback; a run stopped by :class:`NonFiniteLossError` prints its message and exits with 1.
+    A bad flag or input (`ValueError`, `FileNotFoundError`, `FileExistsError`, `NotADirectoryError` or
+    one of `errors`) prints the script's usage line and `<prog>: error: <message>` and exits with status 2,
+    instead of a traceback; a run stopped by [`NonFiniteLossError`] prints its message and exits with 1.
     """
     try:
         main(argv)

@@ -1,26 +1,26 @@
 """Sharded training with accelerate's engines (FSDP, DeepSpeed ZeRO) for the training scripts.
 
 A script runs sharded when it is launched with an accelerate config that asks for it (the examples are in
-``examples/configs/``)::
+`examples/configs/`)::
 
     accelerate launch --config_file examples/configs/fsdp.yaml --num_processes 8 \\
         examples/train_rq_transformer.py --vqvae_model_name_or_path ... --output_dir ...
 
-Everything else stays as in a data-parallel run: ``accelerator.save_state`` writes sharded checkpoints (FSDP:
-one ``torch.distributed.checkpoint`` shard per process in ``pytorch_model_fsdp_0/`` and ``optimizer_0/``;
-DeepSpeed: its own folder) into the usual ``checkpoint-<step>`` folders with their manifest
-(``rq_hf.training.script_utils.save_checkpoint``), and ``--resume_from_checkpoint latest`` reloads them.
+Everything else stays as in a data-parallel run: `accelerator.save_state` writes sharded checkpoints (FSDP:
+one `torch.distributed.checkpoint` shard per process in `pytorch_model_fsdp_0/` and `optimizer_0/`;
+DeepSpeed: its own folder) into the usual `checkpoint-<step>` folders with their manifest
+(`rq_hf.training.script_utils.save_checkpoint`), and `--resume_from_checkpoint latest` reloads them.
 This module holds what sharding changes:
 
-- :func:`enable_fsdp_on_cpu`: accelerate turns FSDP on only for accelerator devices; with CPU processes it
+- [`enable_fsdp_on_cpu`]: accelerate turns FSDP on only for accelerator devices; with CPU processes it
   would silently fall back to plain data parallelism. Torch's FSDP2 shards over gloo, so it is switched on.
-- :func:`configure_sharding`: before ``accelerator.prepare(model)``: frozen parts of the model (the frozen
+- [`configure_sharding`]: before `accelerator.prepare(model)`: frozen parts of the model (the frozen
   code embeddings) are left out of the sharding (whole and fp32 on every process), the wrap unit defaults to
-  the model's ``_no_split_modules`` (the transformer blocks), and flags that do not work sharded are refused.
-- :func:`full_model_on_main`: the whole model on the main process for validation and the final
-  ``save_pretrained`` (``accelerator.get_state_dict`` gathers the shards; a collective call).
+  the model's `_no_split_modules` (the transformer blocks), and flags that do not work sharded are refused.
+- [`full_model_on_main`]: the whole model on the main process for validation and the final
+  `save_pretrained` (`accelerator.get_state_dict` gathers the shards; a collective call).
 
-The frozen RQ-VAE (and its quantizer) of stage 2 is never given to ``accelerator.prepare``: it stays whole,
+The frozen RQ-VAE (and its quantizer) of stage 2 is never given to `accelerator.prepare`: it stays whole,
 fp32 and outside the engine on every process.
 """
 
@@ -55,14 +55,14 @@ def enable_fsdp_on_cpu(accelerator) -> bool:
     """Switch FSDP2 on for CPU processes launched with an FSDP accelerate config; True when it did.
 
     accelerate (1.15) enables FSDP only on accelerator devices: CPU processes started with an FSDP config
-    end up in plain data parallelism (``MULTI_CPU``, every process holding the whole model and optimizer),
-    without a word. Torch's FSDP2 (``fully_shard``) shards over gloo, so this sets accelerate's state to
+    end up in plain data parallelism (`MULTI_CPU`, every process holding the whole model and optimizer),
+    without a word. Torch's FSDP2 (`fully_shard`) shards over gloo, so this sets accelerate's state to
     FSDP with the plugin that the config's environment describes (as accelerate builds it on a GPU).
-    Call it right after building the ``Accelerator``, before any ``prepare``.
+    Call it right after building the `Accelerator`, before any `prepare`.
 
     Raises:
-        ValueError: the config asks for FSDP1 (``fsdp_version: 1``), which is not used on CPU here, or the
-            processes were started without ``ACCELERATE_USE_CPU=true`` on a machine without GPUs (then
+        ValueError: the config asks for FSDP1 (`fsdp_version: 1`), which is not used on CPU here, or the
+            processes were started without `ACCELERATE_USE_CPU=true` on a machine without GPUs (then
             accelerate does not initialise the process group and every process believes it is alone).
     """
     from accelerate import FullyShardedDataParallelPlugin
@@ -97,7 +97,7 @@ def enable_fsdp_on_cpu(accelerator) -> bool:
 
 
 def require_unsharded(accelerator, what: str, reason: str) -> None:
-    """Raise ``ValueError`` naming ``what`` and ``reason`` when the launch config shards (FSDP/DeepSpeed)."""
+    """Raise `ValueError` naming `what` and `reason` when the launch config shards (FSDP/DeepSpeed)."""
     if is_sharded(accelerator):
         raise ValueError(
             f"{what} does not run sharded ({accelerator.distributed_type.value} in the accelerate config): "
@@ -119,20 +119,20 @@ def _frozen_submodules(model) -> list:
 
 
 def configure_sharding(accelerator, model, args: argparse.Namespace | None = None) -> None:
-    """Adapt accelerate's FSDP plugin to ``model`` before ``accelerator.prepare(model)``; no-op unsharded.
+    """Adapt accelerate's FSDP plugin to `model` before `accelerator.prepare(model)`; no-op unsharded.
 
-    - Frozen submodules (all parameters ``requires_grad=False``, e.g. the code embeddings copied from the
-      RQ-VAE codebook) become the plugin's ``ignored_modules`` when the config names none: they stay whole
+    - Frozen submodules (all parameters `requires_grad=False`, e.g. the code embeddings copied from the
+      RQ-VAE codebook) become the plugin's `ignored_modules` when the config names none: they stay whole
       and fp32 on every process, outside the sharding and outside FSDP's mixed-precision cast.
-      (``cpu_ram_efficient_loading`` is turned off then: it would re-create the parameters and lose them.)
-    - A config without an auto wrap policy (``NO_WRAP``: the whole model one unit) gets the transformer
-      policy: the wrap unit is then the model's ``_no_split_modules`` (``RQTransformerBlock``), unless the
-      config names ``fsdp_transformer_layer_cls_to_wrap``.
-    - ``--use_ema`` is refused (``ValueError``): the EMA copy would hold the whole model on every process;
-      ``--use_lora`` too: only the adapters train, the frozen base fits data-parallel.
+      (`cpu_ram_efficient_loading` is turned off then: it would re-create the parameters and lose them.)
+    - A config without an auto wrap policy (`NO_WRAP`: the whole model one unit) gets the transformer
+      policy: the wrap unit is then the model's `_no_split_modules` (`RQTransformerBlock`), unless the
+      config names `fsdp_transformer_layer_cls_to_wrap`.
+    - `--use_ema` is refused (`ValueError`): the EMA copy would hold the whole model on every process;
+      `--use_lora` too: only the adapters train, the frozen base fits data-parallel.
 
     DeepSpeed: the frozen parameters get no optimizer state and the config file sets the partitioning; its
-    ``"auto"`` batch size and clipping come from the flags (:func:`fill_deepspeed_config`).
+    `"auto"` batch size and clipping come from the flags ([`fill_deepspeed_config`]).
     """
     from accelerate.utils import DistributedType
 
@@ -172,10 +172,10 @@ def configure_sharding(accelerator, model, args: argparse.Namespace | None = Non
 
 
 def fill_deepspeed_config(plugin, args: argparse.Namespace | None) -> dict:
-    """Fill the ``"auto"`` values of a DeepSpeed config that accelerate cannot know when the training data
-    loader is prepared apart from the model (as the scripts do): ``train_micro_batch_size_per_gpu`` from
-    ``--train_batch_size`` and ``gradient_clipping`` from ``--max_grad_norm`` (<= 0: no clipping; accelerate
-    would put 1.0). Returns the config (``plugin.deepspeed_config``, changed in place)."""
+    """Fill the `"auto"` values of a DeepSpeed config that accelerate cannot know when the training data
+    loader is prepared apart from the model (as the scripts do): `train_micro_batch_size_per_gpu` from
+    `--train_batch_size` and `gradient_clipping` from `--max_grad_norm` (<= 0: no clipping; accelerate
+    would put 1.0). Returns the config (`plugin.deepspeed_config`, changed in place)."""
     config = plugin.deepspeed_config
     if args is None:
         return config
@@ -188,7 +188,7 @@ def fill_deepspeed_config(plugin, args: argparse.Namespace | None) -> dict:
 
 
 def _plain_class(model) -> type:
-    """The model's own class (FSDP2 swaps in a subclass ``FSDP<Class>``)."""
+    """The model's own class (FSDP2 swaps in a subclass `FSDP<Class>`)."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # torch without FSDP2
@@ -197,13 +197,13 @@ def _plain_class(model) -> type:
 
 
 def full_model_on_main(accelerator, model, unsharded):
-    """The whole model for validation and ``save_pretrained`` on the main process.
+    """The whole model for validation and `save_pretrained` on the main process.
 
-    Not sharded: ``unsharded`` (the unwrapped model, or its EMA) is returned as it is, without any
-    communication. Sharded: ``accelerator.get_state_dict(model)`` gathers the weights (a collective: call it
+    Not sharded: `unsharded` (the unwrapped model, or its EMA) is returned as it is, without any
+    communication. Sharded: `accelerator.get_state_dict(model)` gathers the weights (a collective: call it
     on EVERY process) and the main process loads them into a fresh fp32 model of the same class and config
     (built on the meta device, so the gathered weights are the only full copy); the other processes get
-    None. The copy is in the training mode of ``model``.
+    None. The copy is in the training mode of `model`.
     """
     import torch
 
