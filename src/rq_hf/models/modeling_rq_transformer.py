@@ -58,6 +58,7 @@ to the weights as flat remote code.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -520,6 +521,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         prefix_codes: torch.LongTensor | None = None,
         num_prefix_positions: int = 0,
         callback: Callable[[int, int, torch.LongTensor], None] | None = None,
+        guidance_schedule: str = "constant",
     ) -> torch.LongTensor:
         """Sample code maps autoregressively: h * w spatial steps, each followed by D depth steps.
 
@@ -534,6 +536,9 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             guidance_scale: classifier-free guidance scale s >= 0 (class-conditional models only); with s != 1
                 the conditional and null-class rows run in one batch and the logits become
                 uncond + s * (cond - uncond).
+            guidance_schedule: how the scale moves over the code positions (raster order): `"constant"` (s at
+                every position), or a ramp from 1 (no guidance) at the first position to s at the last,
+                `"linear"` or `"cosine"` (half a cosine period), as VAR and RAR ramp theirs.
             generator: a `torch.Generator`, or a list with one per sample (per-sample reproducibility).
             use_cache: keep keys/values of both transformers; `False` recomputes every prefix (same codes).
             prefix_codes: long (batch, h, w, D) whose first `num_prefix_positions` positions (raster order)
@@ -589,6 +594,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         if not is_number(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
         guided = guidance_scale != 1.0
+        scales = guidance_scales(guidance_scale, guidance_schedule, num_positions)
         if guided and self.config.num_classes is None:
             raise ValueError(
                 "`guidance_scale` must be 1.0 for an unconditional model (num_classes=None), "
@@ -652,7 +658,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 logits = self._code_logits(hidden).float()
                 if guided:
                     conditional, unconditional = logits.chunk(2)
-                    logits = unconditional + guidance_scale * (conditional - unconditional)
+                    logits = unconditional + scales[position] * (conditional - unconditional)
                 candidates = None
                 if top_ks[d] is not None:
                     logits, candidates = logits.topk(top_ks[d], dim=-1)
@@ -666,6 +672,23 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             if callback is not None:
                 callback(position, num_positions, output)
         return output.clone()
+
+
+GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def guidance_scales(guidance_scale: float, schedule: str, num_positions: int) -> list[float]:
+    """The classifier-free guidance scale of each of `num_positions` positions under `schedule` (see
+    [`RQTransformerForCausalImageModeling.generate_codes`]): ramps go from 1 at the first position to
+    `guidance_scale` at the last."""
+    if schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {schedule!r}.")
+    if schedule == "constant" or num_positions == 1:
+        return [float(guidance_scale)] * num_positions
+    ramp = [t / (num_positions - 1) for t in range(num_positions)]
+    if schedule == "cosine":
+        ramp = [(1 - math.cos(math.pi * r)) / 2 for r in ramp]
+    return [1.0 + (guidance_scale - 1.0) * r for r in ramp]
 
 
 def _register_auto_classes() -> None:

@@ -178,6 +178,7 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[..., Any] | None = None,
+        guidance_schedule: str = "constant",
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -188,6 +189,8 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             top_k, top_p: sampling filters, one value or one per code depth.
             temperature: softmax temperature (> 0).
             guidance_scale: classifier-free guidance scale for class-conditional models (1 = no guidance).
+            guidance_schedule: `"constant"`, or a ramp of the scale over the code positions from 1 to
+                `guidance_scale`: `"linear"` or `"cosine"` (see `generate_codes`).
             generator: a `torch.Generator`, or one per image for per-image reproducibility.
             image: with `num_prefix_positions`, an image (or one per sample) whose first `num_prefix_positions`
                 code positions (raster order) are kept while the rest is sampled (image completion).
@@ -223,6 +226,7 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                 top_p=top_p,
                 temperature=temperature,
                 guidance_scale=guidance_scale,
+                guidance_schedule=guidance_schedule,
                 generator=generator,
                 prefix_codes=prefix,
                 num_prefix_positions=num_prefix_positions,
