@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rqvae_study as study  # noqa: E402
 from rqvae_study import ModelSpec  # noqa: E402
 
-DEFAULT_CONFIGS = "4096:1,64:2,8:4,64:1,8:2,4:3"
+DEFAULT_CONFIGS = "4096:1,4096:1:0.05,64:2,8:4,64:1,8:2,4:3"
 
 
 def parse_config(text: str) -> tuple[int, int, float | None]:

@@ -52,7 +52,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="32x32 -> 8x8 models; one more level (first value repeated) per doubling of the size.")
     parser.add_argument("--flat_block_out_channels", type=ints, default=(16, 64),
                         help="32x32 -> 16x16x1 models (one level fewer), extended the same way.")
-    parser.add_argument("--latent_channels", type=int, default=32)
+    parser.add_argument("--latent_channels", type=int, default=16, help="Width of the quantized vectors.")
     parser.add_argument("--restart_threshold", type=float, default=1.0, help="EMA count below which a code restarts.")
     parser.add_argument("--train_images", type=int, default=20000, help="Fashion-MNIST training images used.")
     parser.add_argument("--num_test_images", type=int, default=1000, help="Test images (photos: test crops).")
@@ -142,9 +142,9 @@ class ModelSpec:
         return self.code_depth * math.log2(self.codebook_size)
 
     def label(self) -> str:
-        if self.continuous:
-            return "continuous (ceiling)"
         grid = 2 * CODE_GRID if self.flat else CODE_GRID
+        if self.continuous:
+            return f"continuous {grid}x{grid} (ceiling)"
         text = f"{grid}x{grid}x{self.code_depth} K={self.codebook_size}"
         if self.code_depth > 1:
             text += " shared" if self.shared_codebook else " per-depth"
@@ -155,8 +155,10 @@ class ModelSpec:
         return text
 
 
-#: The continuous twin: the quantizer (built, never used) does not matter, so every study shares one key.
+#: The continuous twins (8x8 and 16x16 latents): the quantizer (built, never used) does not matter, so every
+#: study shares one key.
 CEILING = ModelSpec(2, 1, continuous=True)
+FLAT_CEILING = ModelSpec(2, 1, flat=True, continuous=True)
 
 
 def channels_for(resolution: int, flat: bool, args: argparse.Namespace) -> tuple[int, ...]:

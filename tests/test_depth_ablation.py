@@ -26,14 +26,15 @@ def test_quick_ablation_writes_tables_plot_and_reuses_runs(tmp_path):
     argv = ["--quick", "--datasets", "fashion_mnist,photos32", "--seeds", "0,1", "--output_dir", str(tmp_path)]
     results = script.main(argv)
     rows = results["rows"]
-    labels = ["continuous (ceiling)", "8x8x1 K=32", "8x8x2 K=32 shared", "8x8x2 K=32 per-depth",
+    labels = ["continuous 8x8 (ceiling)", "8x8x1 K=32", "8x8x2 K=32 shared", "8x8x2 K=32 per-depth",
               "8x8x4 K=32 shared", "8x8x4 K=32 per-depth", "8x8x8 K=32 shared", "8x8x8 K=32 per-depth",
-              "16x16x1 K=32"]
+              "16x16x1 K=32", "continuous 16x16 (ceiling)"]
     assert [(r["dataset"], r["label"]) for r in rows] == [(d, m) for d in ("fashion_mnist", "photos32") for m in labels]
     for r in rows:
         assert r["seeds"] == [0, 1] and math.isfinite(r["psnr"]) and r["psnr_std"] >= 0 and -1 <= r["ssim"] <= 1
         if r["continuous"]:
             assert r["used_codes"] is None and r["residual_norm"] is None
+            assert r["code_shape"][:2] == ([16, 16] if r["flat"] else [8, 8])
         else:
             assert r["code_shape"] == ([16, 16, 1] if r["flat"] else [8, 8, r["depth"]])
             assert len(r["used_codes"]) == len(r["residual_norm"]) == r["depth"]
@@ -107,6 +108,6 @@ def test_quick_equal_bits_groups_models_by_bits(tmp_path):
     for r in rows[1:]:
         assert [u + d for u, d in zip(r["used_codes"], r["dead_codes"])] == [r["codebook_size"]] * r["depth"]
     table = (tmp_path / "equal_bits.md").read_text()
-    assert "| 8 | 8x8x2 K=16 per-depth |" in table and "| ∞ | continuous (ceiling) |" in table
+    assert "| 8 | 8x8x2 K=16 per-depth |" in table and "| ∞ | continuous 8x8 (ceiling) |" in table
     with pytest.raises(SystemExit):
         script.parse_args(["--configs", "64"])
