@@ -10,8 +10,8 @@ the quantizer, not the autoencoder, the bottleneck at D = 1. Every model is trai
 tables give the mean and the standard deviation over seeds.
 
 Data (``rqvae_study.py``, ``photos.py``): Fashion-MNIST padded to 32x32, and 32x32 / 64x64 crops of natural
-photos from pip wheels and Debian packages, split by photo (``--photo_set all`` needs ``apt-get install
-lomiri-wallpapers-16.04 mate-backgrounds``). The 64x64 models have one more level (factor 8 to 8x8 codes).
+photos from pip wheels and Debian packages, split by photo (``--photo_set all`` needs the Debian packages named
+in ``photos.py``). The 64x64 models have one more level (factor 8 to 8x8 codes).
 
 Writes into ``--output_dir`` (default docs/ablation/): ``runs.jsonl`` (every run; reused by later calls with the
 same settings, so a stopped study resumes), ``depth_ablation.json`` (the summary), ``depth_ablation.md`` and

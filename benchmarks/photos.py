@@ -4,7 +4,7 @@ Each photo is named with its package and licence. Training crops come only from 
 only from ``TEST`` photos (never seen in training). The ``wheels`` set needs nothing beyond the ``bench``
 extra (scikit-image, scikit-learn); the ``all`` set adds photos from two Debian packages::
 
-    apt-get install lomiri-wallpapers-16.04 mate-backgrounds
+    apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04 mate-backgrounds
 
 Photos are resized so that their short side is ``short_side`` pixels (Lanczos; JPEGs are decoded at a reduced
 size first with PIL's ``draft``), then cut into random square crops (random flips in training).
@@ -16,9 +16,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-LOMIRI = "/usr/share/backgrounds"  # lomiri-wallpapers-16.04 (Debian)
+LOMIRI = "/usr/share/backgrounds"  # lomiri-wallpapers-16.04 and -20.04 (Debian)
 MATE = "/usr/share/backgrounds/mate/nature"  # mate-backgrounds (Debian)
-DEBIAN_PACKAGES = ("lomiri-wallpapers-16.04", "mate-backgrounds")
+DEBIAN_PACKAGES = ("lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04", "mate-backgrounds")
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,8 @@ class Photo:
     licence: str
 
 
-def _lomiri(file: str, licence: str) -> Photo:
-    return Photo(file.split("_by_")[0], os.path.join(LOMIRI, file), "lomiri-wallpapers-16.04 (Debian)", licence)
+def _lomiri(file: str, licence: str, release: str = "16.04") -> Photo:
+    return Photo(file.split("_by_")[0], os.path.join(LOMIRI, file), f"lomiri-wallpapers-{release} (Debian)", licence)
 
 
 def _mate(file: str) -> Photo:
@@ -51,7 +51,7 @@ WHEEL_PHOTOS = (
 DEBIAN_PHOTOS = (
     _lomiri("Bridge_by_Sander_Klootwijk.jpg", "CC-BY-SA-4.0"),
     _lomiri("Dragonfly_by_Bolly.jpg", "CC-BY-SA-4.0"),
-    _lomiri("Kleiber_by_Lukas_Baubkus.jpg", "CC-BY-SA-3.0"),
+    _lomiri("Kleiber_by_Lukas_Baubkus.jpg", "CC-BY-SA-3.0", "20.04"),
     _lomiri("Picture_1A_by_freespace.jpg", "CC-BY-4.0"),
     _lomiri("aitzgorri_by_Aitzol_Berasategi.jpg", "CC-BY-4.0"),
     _lomiri("free_by_Peter_Nerlich.jpg", "CC-BY-SA-4.0"),
