@@ -128,7 +128,7 @@ def markdown_table(report: dict[str, Any], class_names) -> str:
         weak = ", ".join(f"{class_names[c]} {s['per_class'][c]:.2f}" for c in weakest)
         lines.append(f"| {s['guidance_scale']:g} | {s['guidance_schedule']} | {s['top_k'] or 'all'} | "
                      f"{s['top_p'] or '–'} | {s['temperature']:g} | {s['accuracy']:.3f} | "
-                     f"{s['accuracy'] / ceiling:.0%} | {weak} |")
+                     f"{s['accuracy'] / ceiling if ceiling else float('nan'):.0%} | {weak} |")
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,7 @@ from rq_hf.training.script_utils import (
 
 logger = logging.getLogger("train_rqvae")
 
-#: The default model: 32x32 grayscale images -> 8x8x4 codes from 256-code codebooks, one per depth (~0.4M params).
+#: The default model: 32x32 grayscale images -> 8x8x4 codes from a 256-code shared codebook (~0.4M params).
 TINY_CONFIG = {
     "in_channels": 1,
     "out_channels": 1,
@@ -65,7 +65,7 @@ TINY_CONFIG = {
     "mid_block_add_attention": True,
     "codebook_size": 256,
     "code_depth": 4,
-    "shared_codebook": False,
+    "shared_codebook": True,
     "ema_decay": 0.99,
     "restart_unused_codes": True,
     "commitment_weight": 0.25,
