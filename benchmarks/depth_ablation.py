@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--codebook_size", type=int, default=64)
     parser.add_argument("--codebook_modes", default="shared,per_depth", help=f"Comma-separated subset of {MODES}.")
     parser.add_argument("--no_flat", action="store_true", help="Skip the 16x16x1 model.")
+    parser.add_argument("--kmeans_depths", type=study.ints, default=(),
+                        help="Also train these depths with k-means initialised codebooks (first codebook mode).")
     parser.add_argument("--output_dir", default=os.path.join("docs", "ablation"))
     args = parser.parse_args(argv)
     study.check_common_args(parser, args)
@@ -68,6 +70,8 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
     for depth in args.depths:
         modes = args.codebook_modes if depth > 1 else args.codebook_modes[:1]
         specs += [ModelSpec(k, depth, shared_codebook=mode == "shared") for mode in modes]
+    shared = args.codebook_modes[0] == "shared"
+    specs += [ModelSpec(k, depth, shared_codebook=shared, kmeans_init=True) for depth in args.kmeans_depths]
     if not args.no_flat:
         specs += [ModelSpec(k, 1, flat=True), study.FLAT_CEILING]
     return specs
@@ -75,7 +79,7 @@ def model_specs(args: argparse.Namespace) -> list[ModelSpec]:
 
 def describe(spec: ModelSpec) -> dict[str, Any]:
     return {"depth": spec.code_depth, "continuous": spec.continuous, "flat": spec.flat,
-            "shared": spec.shared_codebook}
+            "shared": spec.shared_codebook, "kmeans_init": spec.kmeans_init}
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -118,7 +122,7 @@ def plot(results: dict[str, Any], path: str) -> None:
         rows = [r for r in results["rows"] if r["dataset"] == dataset]
         depths = sorted({r["depth"] for r in rows if not r["continuous"] and not r["flat"]})
         for shared, color, name in ((True, "tab:blue", "shared codebook"), (False, "tab:orange", "per-depth")):
-            line = sorted((r for r in rows if not r["continuous"] and not r["flat"]
+            line = sorted((r for r in rows if not r["continuous"] and not r["flat"] and not r["kmeans_init"]
                            and (r["shared"] == shared or r["depth"] == 1)), key=lambda r: r["depth"])
             if len(line) > 1:
                 ax.errorbar([r["depth"] for r in line], [r["psnr"] for r in line],
@@ -128,6 +132,9 @@ def plot(results: dict[str, Any], path: str) -> None:
                 color = "tab:green" if r["flat"] else "black"
                 ax.axhline(r["psnr"], color=color, linestyle="--", label=f"{r['label']}")
                 ax.axhspan(r["psnr"] - r["psnr_std"], r["psnr"] + r["psnr_std"], color=color, alpha=0.1)
+            elif r["kmeans_init"]:
+                ax.errorbar([r["depth"]], [r["psnr"]], yerr=[r["psnr_std"]], fmt="x", color="tab:red", capsize=3,
+                            label=f"D={r['depth']}, k-means init")
             elif r["flat"]:
                 ax.errorbar([4], [r["psnr"]], yerr=[r["psnr_std"]], fmt="*", color="tab:green", markersize=11,
                             capsize=3, label="16x16x1 (bits of 8x8x4)")

@@ -23,12 +23,13 @@ def load_script(name):
 
 def test_quick_ablation_writes_tables_plot_and_reuses_runs(tmp_path):
     script = load_script("depth_ablation")
-    argv = ["--quick", "--datasets", "fashion_mnist,photos32", "--seeds", "0,1", "--output_dir", str(tmp_path)]
+    argv = ["--quick", "--datasets", "fashion_mnist,photos32", "--seeds", "0,1", "--kmeans_depths", "2",
+            "--output_dir", str(tmp_path)]
     results = script.main(argv)
     rows = results["rows"]
     labels = ["continuous 8x8 (ceiling)", "8x8x1 K=32", "8x8x2 K=32 shared", "8x8x2 K=32 per-depth",
               "8x8x4 K=32 shared", "8x8x4 K=32 per-depth", "8x8x8 K=32 shared", "8x8x8 K=32 per-depth",
-              "16x16x1 K=32", "continuous 16x16 (ceiling)"]
+              "8x8x2 K=32 shared k-means", "16x16x1 K=32", "continuous 16x16 (ceiling)"]
     assert [(r["dataset"], r["label"]) for r in rows] == [(d, m) for d in ("fashion_mnist", "photos32") for m in labels]
     for r in rows:
         assert r["seeds"] == [0, 1] and math.isfinite(r["psnr"]) and r["psnr_std"] >= 0 and -1 <= r["ssim"] <= 1
