@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_dir", type=str, default="quickstart", help="Everything is written here.")
     parser.add_argument("--rqvae_steps", type=int, default=700, help="RQ-VAE training steps (batch 64).")
     parser.add_argument("--transformer_steps", type=int, default=850, help="Transformer training steps (batch 64).")
+    parser.add_argument("--transformer_learning_rate", type=float, default=1e-3, help="Peak (cosine schedule).")
     parser.add_argument("--quick", action="store_true", help="Smoke mode: a few steps on a few images (seconds).")
     parser.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance of the samples.")
@@ -152,7 +153,7 @@ def transformer_argv(args: argparse.Namespace, vqvae_dir: str, output_dir: str) 
         "--max_train_steps",
         str(steps),
         "--learning_rate",
-        "1e-3",
+        str(args.transformer_learning_rate),
         "--lr_warmup_steps",
         str(min(50, steps // 10)),
         "--mixed_precision",
