@@ -94,15 +94,16 @@ def markdown_table(results: dict[str, Any]) -> str:
             continue
         ceilings = {r["flat"]: r["psnr"] for r in rows if r["continuous"]}  # each grid against its own ceiling
         lines += ["", f"### {dataset}", "",
-                  "| model | bits per 8x8 position | PSNR (dB) | below its ceiling (dB) | SSIM | used codes per depth "
-                  "(dead = K - used) | residual norm per depth | params |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | bits per 8x8 position | seeds | PSNR (dB) | below its ceiling (dB) | SSIM "
+                  "| used codes per depth (dead = K - used) | residual norm per depth | params |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             depth = 4 if r["flat"] else r["depth"]  # 16x16x1: 4 codes per 8x8 position
             bits = "∞" if r["continuous"] else f"{depth * math.log2(s['codebook_size']):.0f}"
             gap = "–" if r["continuous"] or r["flat"] not in ceilings else f"{ceilings[r['flat']] - r['psnr']:.2f}"
             lines.append(
-                f"| {r['label']} | {bits} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | {gap} | "
+                f"| {r['label']} | {bits} | {study.fmt_seeds(r['seeds'])} | "
+                f"{r['psnr']:.2f} ± {r['psnr_std']:.2f} | {gap} | "
                 f"{r['ssim']:.3f} ± {r['ssim_std']:.3f} | {study.fmt_list(r['used_codes'])} | "
                 f"{study.fmt_list(r['residual_norm'], 2)} | {r['parameters'] / 1e6:.2f}M |"
             )
@@ -147,8 +148,10 @@ def plot(results: dict[str, Any], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     s = results["settings"]
+    counts = sorted({len(r["seeds"]) for r in results["rows"]})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     fig.suptitle(f"RQ-VAE depth ablation: K = {s['codebook_size']}, {s['steps']} steps, "
-                 f"mean ± std over {len(s['seeds'])} seeds")
+                 f"mean ± std over {seeds} seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

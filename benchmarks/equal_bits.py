@@ -84,13 +84,14 @@ def markdown_table(results: dict[str, Any]) -> str:
     for dataset in s["datasets"]:
         rows = [r for r in results["rows"] if r["dataset"] == dataset]
         lines += ["", f"### {dataset}", "",
-                  "| bits/position | model | PSNR (dB) | SSIM | used codes per depth | dead codes per depth | "
-                  "residual norm per depth |", "|---|---|---|---|---|---|---|"]
+                  "| bits/position | model | seeds | PSNR (dB) | SSIM | used codes per depth | dead codes per depth | "
+                  "residual norm per depth |", "|---|---|---|---|---|---|---|---|"]
         ordered = sorted(rows, key=lambda r: (-(r["bits_per_position"] or 1e9), r["depth"]))
         for r in ordered:
             bits = "∞" if r["continuous"] else f"{r['bits_per_position']:.0f}"
             lines.append(
-                f"| {bits} | {r['label']} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | {r['ssim']:.3f} ± "
+                f"| {bits} | {r['label']} | {study.fmt_seeds(r['seeds'])} | {r['psnr']:.2f} ± {r['psnr_std']:.2f} | "
+                f"{r['ssim']:.3f} ± "
                 f"{r['ssim_std']:.3f} | {study.fmt_list(r['used_codes'])} | {study.fmt_list(r['dead_codes'])} | "
                 f"{study.fmt_list(r['residual_norm'], 2)} |"
             )

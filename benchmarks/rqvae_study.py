@@ -12,7 +12,8 @@ Data: Fashion-MNIST padded to 32x32 (1 channel; the first ``train_images`` train
 ``num_test_images`` test images) and random crops of natural photos split by photo (``photos.py``): dataset
 names ``photos32`` / ``photos64`` for 32x32 / 64x64 crops. Every run appends its result to
 ``<output_dir>/runs.jsonl``; a later call with the same settings reuses it instead of training again, so an
-interrupted study resumes where it stopped and the two studies share their common runs.
+interrupted study resumes where it stopped and the two studies share their common runs; ``--cached_only``
+summarizes the finished runs without training (each row names the seeds it averages).
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photo_short_side", type=int, default=256, help="Photos are resized to this short side.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine).")
     parser.add_argument("--quick", action="store_true", help="Tiny models, 2 steps, 16 test images (seconds).")
+    parser.add_argument("--cached_only", action="store_true",
+                        help="Train nothing: summarize the runs already in runs.jsonl (a model without runs is left "
+                             "out; each row names its seeds).")
 
 
 def check_common_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -314,6 +318,8 @@ def run_models(specs: list[ModelSpec], args: argparse.Namespace, cache: RunCache
             for spec in specs:
                 key = run_key(dataset, spec, seed, args)
                 found = cache.find(key)
+                if found is None and args.cached_only:
+                    continue
                 if found is None:
                     if data is None:
                         data = load_data(dataset, args)
@@ -347,6 +353,8 @@ def run_study(specs: list[ModelSpec], args: argparse.Namespace, describe: Callab
     for dataset in args.datasets:
         for spec in specs:
             group = [r for r in runs if r["key"]["dataset"] == dataset and r["label"] == spec.label()]
+            if not group:  # --cached_only and no finished run of this model
+                continue
             rows.append({"dataset": dataset, **describe(spec), **summarize(group)})
     settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
     results = {"settings": settings, "rows": rows, "train_seconds": sum(r["train_seconds"] for r in runs),
@@ -388,3 +396,7 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def fmt_list(values: list[float] | None, digits: int = 0) -> str:
     return "–" if values is None else ", ".join(f"{v:.{digits}f}" for v in values)
+
+
+def fmt_seeds(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds))

@@ -54,6 +54,16 @@ def test_quick_ablation_writes_tables_plot_and_reuses_runs(tmp_path):
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(lines)
     assert again["rows"] == json.loads(json.dumps(rows))
 
+    # --cached_only trains nothing: seed 2 has no runs, so every row keeps seeds 0 and 1; a model never trained
+    # (D = 3) is left out
+    partial = script.main(["--quick", "--datasets", "fashion_mnist,photos32", "--seeds", "0,1,2", "--depths", "1,3",
+                           "--kmeans_depths", "2", "--no_flat", "--cached_only", "--output_dir", str(tmp_path)])
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(lines)
+    assert [r["label"] for r in partial["rows"] if r["dataset"] == "fashion_mnist"] == [
+        "continuous 8x8 (ceiling)", "8x8x1 K=32", "8x8x2 K=32 shared k-means"]
+    assert all(r["seeds"] == [0, 1] for r in partial["rows"])
+    assert "| 8x8x1 K=32 | 5 | 0, 1 |" in (tmp_path / "depth_ablation.md").read_text()
+
 
 def test_continuous_twin_bypasses_the_quantizer():
     study = load_script("rqvae_study")
