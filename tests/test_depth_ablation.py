@@ -27,9 +27,9 @@ def test_quick_ablation_writes_tables_plot_and_reuses_runs(tmp_path):
             "--output_dir", str(tmp_path)]
     results = script.main(argv)
     rows = results["rows"]
-    labels = ["continuous 8x8 (ceiling)", "8x8x1 K=32", "8x8x2 K=32 shared", "8x8x2 K=32 per-depth",
-              "8x8x4 K=32 shared", "8x8x4 K=32 per-depth", "8x8x8 K=32 shared", "8x8x8 K=32 per-depth",
-              "8x8x2 K=32 shared k-means", "16x16x1 K=32", "continuous 16x16 (ceiling)"]
+    labels = ["continuous 8x8 (ceiling)", "8x8x1 K=8", "8x8x2 K=8 shared", "8x8x2 K=8 per-depth",
+              "8x8x4 K=8 shared", "8x8x4 K=8 per-depth", "8x8x8 K=8 shared", "8x8x8 K=8 per-depth",
+              "8x8x2 K=8 shared k-means", "16x16x1 K=8", "continuous 16x16 (ceiling)"]
     assert [(r["dataset"], r["label"]) for r in rows] == [(d, m) for d in ("fashion_mnist", "photos32") for m in labels]
     for r in rows:
         assert r["seeds"] == [0, 1] and math.isfinite(r["psnr"]) and r["psnr_std"] >= 0 and -1 <= r["ssim"] <= 1
@@ -39,15 +39,15 @@ def test_quick_ablation_writes_tables_plot_and_reuses_runs(tmp_path):
         else:
             assert r["code_shape"] == ([16, 16, 1] if r["flat"] else [8, 8, r["depth"]])
             assert len(r["used_codes"]) == len(r["residual_norm"]) == r["depth"]
-            assert all(1 <= u <= 32 for u in r["used_codes"]) and all(n >= 0 for n in r["residual_norm"])
+            assert all(1 <= u <= 8 for u in r["used_codes"]) and all(n >= 0 for n in r["residual_norm"])
     lines = (tmp_path / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2 * len(labels)  # datasets x seeds x models
     psnrs = {(json.loads(line)["key"]["dataset"], json.loads(line)["label"], json.loads(line)["key"]["seed"])
              for line in lines}
     assert len(psnrs) == len(lines)
-    table = (tmp_path / "depth_ablation.md").read_text()
-    assert "### fashion_mnist" in table and "### photos32" in table and "| 16x16x1 K=32 |" in table
-    with PIL.Image.open(tmp_path / "depth_ablation.png") as image:
+    table = (tmp_path / "depth_ablation_k8.md").read_text()
+    assert "### fashion_mnist" in table and "### photos32" in table and "| 16x16x1 K=8 |" in table
+    with PIL.Image.open(tmp_path / "depth_ablation_k8.png") as image:
         assert image.format == "PNG" and image.width > 400
 
     again = script.main(argv)  # every run is found in runs.jsonl: nothing is trained again
@@ -60,9 +60,9 @@ def test_quick_ablation_writes_tables_plot_and_reuses_runs(tmp_path):
                            "--kmeans_depths", "2", "--no_flat", "--cached_only", "--output_dir", str(tmp_path)])
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == len(lines)
     assert [r["label"] for r in partial["rows"] if r["dataset"] == "fashion_mnist"] == [
-        "continuous 8x8 (ceiling)", "8x8x1 K=32", "8x8x2 K=32 shared k-means"]
+        "continuous 8x8 (ceiling)", "8x8x1 K=8", "8x8x2 K=8 shared k-means"]
     assert all(r["seeds"] == [0, 1] for r in partial["rows"])
-    assert "| 8x8x1 K=32 | 5 | 0, 1 |" in (tmp_path / "depth_ablation.md").read_text()
+    assert "| 8x8x1 K=8 | 3 | 0, 1 |" in (tmp_path / "depth_ablation_k8.md").read_text()
 
 
 def test_continuous_twin_bypasses_the_quantizer():
