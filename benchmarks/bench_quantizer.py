@@ -7,6 +7,8 @@ Prints a markdown table of vectors/s (median of `--repeats` timed runs after `--
   threshold, commitment weight; no rotation trick, no k-means, no dropout) in the same modes;
 - the ceiling: `depth` bare `(N x dim) @ (dim x K)` matrix products, the distance products alone.
 
+The eval codes are then checked against an exact search (float64 distances, argmin) of the same input.
+
     python benchmarks/bench_quantizer.py                  # K=16384, dim 256, D=4, 4096 vectors
     python benchmarks/bench_quantizer.py --num-vectors 1024 --codebook-size 1024 --repeats 3
 """
@@ -34,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per distance block")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run vector-quantize-pytorch")
+    parser.add_argument("--skip-check", action="store_true", help="do not compare the codes with a float64 search")
     parser.add_argument("--markdown-out", "--markdown_out", default=None, help="also write the table here")
     parser.add_argument("--json-out", "--json_out", default=None, help="write the results as JSON here")
     return parser.parse_args()
@@ -56,6 +59,17 @@ def median_seconds(fn: Callable[[], None], repeats: int, warmup: int, device: to
         sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def exact_codes(quantizer, z: torch.Tensor) -> torch.Tensor:
+    """Residual codes by an exact nearest-code search in float64 (argmin of the full distance matrix)."""
+    residual, codes = z.double(), []
+    for d in range(quantizer.code_depth):
+        book = quantizer.codebook(d).double()
+        distances = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ book.t() + book.pow(2).sum(1)
+        codes.append(distances.argmin(1))
+        residual = residual - book[codes[-1]]
+    return torch.stack(codes, 1)
 
 
 def main() -> None:
@@ -124,6 +138,11 @@ def main() -> None:
         seconds["ResidualVQ eval"] = median_seconds(theirs_eval, args.repeats, args.warmup, device)
         seconds["ResidualVQ train"] = median_seconds(theirs_train, args.repeats, args.warmup, device)
 
+    mismatches = None
+    if not args.skip_check:
+        with torch.no_grad():
+            mismatches = int((ours.eval()(z).codes != exact_codes(ours, z)).sum())
+
     rate = {name: n / s for name, s in seconds.items()}
     header = (
         f"ResidualQuantizer benchmark: {n} vectors, dim {dim}, codebook_size {k}, depth {depth}, "
@@ -144,6 +163,9 @@ def main() -> None:
         of_ceiling = ours_rate / rate["ceiling"]
         lines.append(f"| {mode} | {ours_rate:,.0f} | {theirs_text} | {ratio_text} | {of_ceiling:.0%} |")
     lines.append(f"| ceiling ({depth} bare {n}x{dim} @ {dim}x{k} products) | {rate['ceiling']:,.0f} | | | 100% |")
+    if mismatches is not None:
+        verdict = "identical" if mismatches == 0 else f"{mismatches} of {n * depth} differ"
+        lines += ["", f"Eval codes against an exact search (float64 distances, argmin): {verdict}."]
     print("\n".join(lines))
     if args.markdown_out:
         with open(args.markdown_out, "w") as handle:
@@ -151,7 +173,8 @@ def main() -> None:
     if args.json_out:
         settings = {key: value for key, value in vars(args).items() if key not in ("markdown_out", "json_out")}
         settings.update(threads=torch.get_num_threads(), device=str(device))
-        result = {"benchmark": "quantizer", "header": header, "settings": settings, "vectors_per_second": rate}
+        result = {"benchmark": "quantizer", "header": header, "settings": settings, "vectors_per_second": rate,
+                  "codes_differing_from_exact_search": mismatches}
         with open(args.json_out, "w") as handle:
             json.dump(result, handle, indent=2)
 

@@ -5,10 +5,13 @@ checkout's ``src/`` first on ``PYTHONPATH``:
 
 * ``bench_quantizer.py``: ResidualQuantizer vs vector-quantize-pytorch ``ResidualVQ`` vs the matmul ceiling;
 * ``bench_sampling.py``: RQ-Transformer vs a flat autoregressive model, images/s of ``generate_codes``;
-* ``bench_training_step.py``: training step of both stages through accelerate vs a bare PyTorch loop.
+* ``bench_training_step.py``: training step of both stages through accelerate vs a bare PyTorch loop;
+* ``bench_memory.py``: training memory per GPU of the official sizes under DDP, FSDP and ZeRO-3 (meta device);
+* ``bench_loading.py``: peak memory of loading a large pipeline by route (dtype, low_cpu_mem_usage, device_map).
 
 Outputs in ``--output-dir`` (default ``docs/``): ``benchmarks.md``, ``benchmarks.json`` (every result and
-the machine), and ``bench_quantizer.png``, ``bench_sampling.png``, ``bench_training_step.png``.
+the machine), and ``bench_quantizer.png``, ``bench_sampling.png``, ``bench_training_step.png``,
+``bench_memory.png``.
 
     python benchmarks/run_all.py                      # full sizes, quiet machine: 10-20 min on 2 CPU cores
     python benchmarks/run_all.py --quick --output-dir /tmp/bench   # tiny sizes: checks the plumbing
@@ -72,8 +75,11 @@ BENCHMARKS = [
         description=(
             "Images/s of `generate_codes` for a paper-shaped class-conditional RQ-Transformer (8x8x4 codes) "
             "against a flat autoregressive model of the same width over 16x16 single codes (the paper's VQ "
-            "baseline), best of the repeats. Goal: RQ at least 2.5x faster."
+            "baseline), best of the repeats, eager and compiled (`compile=True`: static caches and "
+            "`torch.compile`), then where the time of one eager call goes, per component. Goal: RQ at least 2.5x "
+            "faster."
         ),
+        full_args=["--compile"],
         quick_args=["--quick", "--repeats", "1", "--batch-size", "2", "--no-uncached"],
     ),
     Benchmark(
@@ -84,6 +90,45 @@ BENCHMARKS = [
             "Median time of one training step of each stage at CPU scale through our stack (accelerate's "
             "`Accelerator`, as the training scripts use it) and through a bare PyTorch loop of the same model, "
             "interleaved; the overhead of the framework (goal: at most 10%) and the peak memory."
+        ),
+        quick_args=["--quick"],
+    ),
+    Benchmark(
+        name="memory",
+        script="bench_memory.py",
+        title="Training memory per GPU of the official sizes (issue 14)",
+        description=(
+            "Parameters, weights, gradients, optimizer state and activations per GPU of the official ImageNet "
+            "RQ-Transformers under DDP, FSDP and DeepSpeed ZeRO-3 with bf16, computed from the real modules on "
+            "the meta device at the official per-GPU batch (no allocation; the formulas are in "
+            "`rq_hf.training.memory`). Not counted: backward workspace, CUDA context, fragmentation."
+        ),
+        quick_args=["--quick"],
+    ),
+    Benchmark(
+        name="memory_lora",
+        script="bench_memory.py",
+        title="Training memory of a LoRA fine-tune on one GPU (issue 15)",
+        description=(
+            "The same accounting for `train_rq_transformer.py --use_lora`: rank-8 LoRA adapters (peft, `rq_hf.lora`) "
+            "on the attention and MLP projections are the only trainable parameters; the frozen base stays fp32 "
+            "under bf16 autocast. One process has no DDP reducer: the gradients column overcounts by 4 bytes per "
+            "trainable parameter. Fine-tuning all weights of the 1.4B model on one GPU needs 30.51 GiB (28.96 with "
+            "activation checkpointing) by the same accounting (`python benchmarks/bench_memory.py --num-gpus 1`)."
+        ),
+        full_args=["--num-gpus", "1", "--lora-rank", "8"],
+        quick_args=["--quick", "--num-gpus", "1", "--lora-rank", "2"],
+    ),
+    Benchmark(
+        name="loading",
+        script="bench_loading.py",
+        title="Loading a large pipeline: peak memory by route (issue 14)",
+        description=(
+            "Peak resident memory of loading a saved fp32 pipeline with a ~300M-parameter transformer in a fresh "
+            "process, by route: a hand-written loader (init, `load_state_dict`, cast), `from_pretrained` (empty "
+            "modules filled from the file), `torch_dtype=torch.bfloat16`, and a `device_map` keeping the "
+            "transformer's stacks on disk. On a GPU, the peak GPU memory of sampling with the whole pipeline on "
+            "the GPU, with `enable_model_cpu_offload()` and with a `device_map=\"auto\"` transformer."
         ),
         quick_args=["--quick"],
     ),
@@ -282,7 +327,30 @@ def plot_training_step(data: Dict, path: Path, plt) -> None:
     plt.close(figure)
 
 
-PLOTS = {"quantizer": plot_quantizer, "sampling": plot_sampling, "training_step": plot_training_step}
+def plot_memory(data: Dict, path: Path, plt) -> None:
+    rows = data["rows"]
+    parts = (("weights", "tab:blue"), ("gradients", "tab:orange"), ("optimizer_state", "tab:green"),
+             ("activations", "tab:gray"))
+    unit, scale = ("MiB", 2**20) if data["settings"].get("quick") else ("GiB", 2**30)
+    names = {"ddp": "DDP", "fsdp": "FSDP", "zero3": "ZeRO-3"}
+    labels = [f"{row['model']}\n{names[row['strategy']]}" for row in rows]
+    figure, axes = plt.subplots(figsize=(max(7, 0.6 * len(rows)), 4))
+    bottom = [0.0] * len(rows)
+    for key, color in parts:
+        values = [row[key] / scale for row in rows]
+        axes.bar(labels, values, bottom=bottom, color=color, label=key.replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, values)]
+    axes.set_ylabel(f"{unit} per GPU")
+    axes.tick_params(axis="x", labelsize=7)
+    axes.set_title(f"Training memory per GPU, {data['settings']['num_gpus']} GPUs, bf16", fontsize=10)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+PLOTS = {"quantizer": plot_quantizer, "sampling": plot_sampling, "training_step": plot_training_step,
+         "memory": plot_memory}
 
 
 def draw_plots(results: Dict[str, Dict], output_dir: Path) -> Dict[str, str]:
@@ -296,7 +364,7 @@ def draw_plots(results: Dict[str, Dict], output_dir: Path) -> Dict[str, str]:
 
     files = {}
     for name, result in results.items():
-        if "json" in result:
+        if "json" in result and name in PLOTS:
             filename = f"bench_{name}.png"
             PLOTS[name](result["json"], output_dir / filename, plt)
             files[name] = filename

@@ -8,8 +8,10 @@ Example::
 
 The result has a column ``codes`` (``Array3D`` of shape (h, w, D), int32) and, when the source has the
 label column (``--label_column``, default ``label``), a ``label`` column with the same feature (a
-``ClassLabel`` keeps its class names). It is written with ``save_to_disk`` in ``--output_dir`` and, with
-``--push_to_hub``, pushed with ``Dataset.push_to_hub``.
+``ClassLabel`` keeps its class names), and when the source has the caption column (``--caption_column``,
+default ``text``), a ``text`` column with the captions, for training a text-conditional transformer
+(``train_rq_transformer.py --codes_dataset ... --caption_column text``). It is written with ``save_to_disk``
+in ``--output_dir`` and, with ``--push_to_hub``, pushed with ``Dataset.push_to_hub``.
 
 Encoding runs batched (``Dataset.map``) under ``torch.no_grad`` on ``--device`` (default: CUDA when
 available). Images go through the same transform as training (``--resolution``, ``--center_crop`` (on
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", type=str, default="train", help="Split of the source dataset.")
     parser.add_argument("--label_column", type=str, default="label",
                         help="Copied to a `label` column when the dataset has it ('' to drop labels).")
+    parser.add_argument("--caption_column", type=str, default="text",
+                        help="Copied to a `text` column when the dataset has it ('' to drop captions).")
     parser.add_argument("--batch_size", type=int, default=256, help="Images encoded per forward pass.")
     parser.add_argument("--stochastic", action="store_true",
                         help="Sample codes from the quantizer's soft codes instead of the nearest codes.")
@@ -82,7 +86,7 @@ def extract_codes(args: argparse.Namespace):
     import torch
 
     from rq_hf.models.autoencoder_rqvae import RQVAEModel
-    from rq_hf.training.data import ImageBatchTransform, ImageTransform
+    from rq_hf.training.data import ImageBatchTransform, ImageTransform, check_caption_column
     from rq_hf.training.script_utils import load_train_dataset
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -92,15 +96,24 @@ def extract_codes(args: argparse.Namespace):
     if label_column is not None and label_column not in dataset.column_names:
         logger.info("No %r column in the dataset: the codes dataset has no labels", label_column)
         label_column = None
+    caption_column = args.caption_column or None
+    if caption_column is not None and caption_column not in dataset.column_names:
+        logger.info("No %r column in the dataset: the codes dataset has no captions", caption_column)
+        caption_column = None
+    check_caption_column(dataset, caption_column, f"the dataset (--caption_column {caption_column!r})")
     code_shape = vae.code_shape_for(args.resolution, args.resolution)
     transform = ImageTransform(args.resolution, center_crop=args.center_crop, random_flip=False,
                                num_channels=vae.config.in_channels, pad_to_resolution=args.pad_to_resolution)
-    batch_transform = ImageBatchTransform(transform, args.image_column, label_column, on_decode_error="skip")
+    batch_transform = ImageBatchTransform(
+        transform, args.image_column, label_column, on_decode_error="skip", caption_column=caption_column
+    )
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
     features = {"codes": datasets.Array3D(shape=code_shape, dtype="int32")}
     if label_column is not None:
         features["label"] = dataset.features[label_column]
+    if caption_column is not None:
+        features["text"] = datasets.Value("string")
     features = datasets.Features(features)
 
     @torch.no_grad()
@@ -110,6 +123,8 @@ def extract_codes(args: argparse.Namespace):
         out: dict = {"codes": []}
         if label_column is not None:
             out["label"] = [rows["class_labels"][i] for i in keep]
+        if caption_column is not None:
+            out["text"] = [rows["captions"][i] for i in keep]
         if not keep:
             return out
         images = torch.stack([rows["pixel_values"][i] for i in keep]).to(device)
@@ -148,7 +163,10 @@ def main(argv: list[str] | None = None):
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     codes = extract_codes(args)
-    codes.save_to_disk(args.output_dir)
+    from rq_hf.models.atomic_save import atomic_save_directory
+
+    with atomic_save_directory(args.output_dir, replace="all") as staging:  # all or nothing
+        codes.save_to_disk(staging)
     logger.info("Saved %d rows of codes %s to %s", len(codes), codes.features["codes"].shape, args.output_dir)
     if args.push_to_hub:
         repo_id = args.hub_dataset_id or os.path.basename(os.path.normpath(args.output_dir))
@@ -158,4 +176,6 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    from rq_hf.training.script_utils import run_cli
+
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

@@ -339,4 +339,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    from rq_hf.training.script_utils import run_cli
+
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

@@ -22,6 +22,18 @@ Data, one of:
 the transformer config's ``id2label`` (the pipeline resolves names with them). ``--class_dropout_prob``
 (default 0.1 for class-conditional models) trains the null class used by classifier-free guidance.
 
+``--caption_column`` (e.g. ``text``: an image folder with a ``metadata.jsonl``, a Hub dataset, or a codes
+dataset from ``extract_codes.py``, which carries the captions) makes the model text-conditional, as the
+official CC-3M models: a prefix of ``--max_text_length`` caption tokens (default 32) and an auxiliary
+next-token loss weighted by ``--text_loss_weight`` (config default 0.1; the code loss by the config's
+``image_loss_weight``, 0.9). The tokenizer is ``--tokenizer_name_or_path`` (a saved tokenizer, or a pipeline
+folder with ``tokenizer/``), or else a ``CharBPETokenizer`` (lowercase, ``[PAD]`` = 0, ``[UNK]`` = 1, as the
+official one) trained on the training captions with ``--text_vocab_size`` tokens at most, saved in
+``output_dir/tokenizer``. ``--bpe_dropout`` (0.1 in the official training) tokenizes training captions with BPE
+dropout. ``--caption_dropout_prob`` (default 0.1) replaces captions by the empty one, which classifier-free
+guidance uses as its unconditional branch. Validation grids show one row per ``--validation_prompts`` caption
+(default: the first distinct held-out captions).
+
 ``--soft_labels`` trains on the official soft targets: per depth ``softmax(-||r - e_k||^2 / T)`` of the
 RQ-VAE quantizer on the encoder latents (``--soft_label_temperature`` T, 0.5 in the official configs), the
 input codes being sampled from the same distributions. It needs the latents: images encoded on the fly, or a
@@ -39,6 +51,13 @@ Optimisation: AdamW (betas 0.9, 0.95 by default), weight decay on the Linear wei
 biases, embeddings or position embeddings), gradient clipping, cosine schedule with warmup, optional EMA of
 the weights (``--use_ema``; saved in the checkpoints; the final model is the EMA model), mixed precision
 (the RQ-VAE and its quantizer stay fp32).
+
+LoRA: ``--use_lora --lora_rank R --lora_alpha A [--lora_target_modules ...]`` (peft, ``rq_hf.lora``) adapts the
+attention and MLP projections of the trained transformer ``--model_config_name_or_path`` and trains only the
+adapters; ``--output_dir`` then gets the adapter folder (``adapter_config.json``, ``adapter_model.safetensors``)
+and checkpoints hold the adapter instead of the model. Load it with
+``RQTransformerPipeline.from_pretrained(base).load_lora_weights(output_dir)``. ``--gradient_checkpointing``
+recomputes each block's activations in the backward (with or without LoRA).
 
 Validation every ``--validation_steps`` (and at the end), on the main process: the NLL of held-out codes in
 bits per code (``--validation_split``, or a ``--validation_fraction`` of the training rows) and a PNG grid of
@@ -59,16 +78,15 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
 from rq_hf.training.script_utils import (
-    NonFiniteLossError,
     add_bookkeeping_args,
     add_data_args,
     add_debug_args,
     add_optimization_args,
     check_common_args,
+    run_cli,
 )
 
 logger = logging.getLogger("train_rq_transformer")
@@ -124,12 +142,55 @@ def build_parser() -> argparse.ArgumentParser:
         "0.1 for a new class-conditional model, the config's value otherwise.",
     )
     model.add_argument(
+        "--caption_dropout_prob",
+        type=float,
+        default=None,
+        help="Probability of replacing a caption by the empty caption (classifier-free guidance). Default: 0.1 for "
+        "a new text-conditional model, the config's value otherwise.",
+    )
+    model.add_argument(
+        "--text_loss_weight",
+        type=float,
+        default=None,
+        help="Weight of the caption-token loss of a text-conditional model (default: the config's, 0.1).",
+    )
+    model.add_argument(
+        "--max_text_length",
+        type=int,
+        default=None,
+        help="Caption tokens of a new text-conditional model (default 32; a trained model keeps its own).",
+    )
+    model.add_argument(
+        "--tokenizer_name_or_path",
+        type=str,
+        default=None,
+        help="Caption tokenizer (a save_pretrained folder, a pipeline folder with tokenizer/, or a Hub id). "
+        "Default: train a BPE tokenizer on the training captions.",
+    )
+    model.add_argument(
+        "--text_vocab_size",
+        type=int,
+        default=16384,
+        help="At most this many tokens in a tokenizer trained on the captions.",
+    )
+    model.add_argument(
+        "--bpe_dropout", type=float, default=0.0, help="BPE dropout of the training captions (official: 0.1)."
+    )
+    model.add_argument(
         "--train_code_embeddings",
         action="store_true",
         help="Train the code embeddings (initialised from the RQ-VAE codebook; frozen by default).",
     )
     model.add_argument("--use_ema", action="store_true", help="Keep an EMA of the weights; save the EMA model.")
     model.add_argument("--ema_decay", type=float, default=0.999, help="Decay of --use_ema.")
+    lora = parser.add_argument_group("LoRA (rq_hf.lora, needs peft: the lora extra)")
+    lora.add_argument("--use_lora", action="store_true", help="Train only LoRA adapters of the trained transformer "
+                      "--model_config_name_or_path; output_dir gets the adapter folder, not a pipeline.")
+    lora.add_argument("--lora_rank", type=int, default=8, help="Rank of the LoRA matrices.")
+    lora.add_argument("--lora_alpha", type=float, default=16.0, help="LoRA alpha (updates scaled by alpha / rank).")
+    lora.add_argument("--lora_dropout", type=float, default=0.0, help="Dropout on the LoRA branch.")
+    lora.add_argument("--lora_target_modules", nargs="+", default=None, help="nn.Linear layers to adapt. "
+                      "Default: query key value out_proj fc_in fc_out (attention and MLP of every block).")
 
     data = add_data_args(parser)
     data.add_argument(
@@ -144,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=str,
         default=None,
         help="Label column: makes the model class-conditional (class names of a ClassLabel become id2label).",
+    )
+    data.add_argument(
+        "--caption_column",
+        type=str,
+        default=None,
+        help="Caption column (e.g. 'text'): makes the model text-conditional.",
     )
     data.add_argument(
         "--validation_split",
@@ -187,7 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="Samples per row of the validation grid (one row per class when class-conditional).",
     )
-    val.add_argument("--num_validation_classes", type=int, default=10, help="At most this many rows (classes).")
+    val.add_argument(
+        "--num_validation_classes", type=int, default=10, help="At most this many rows (classes or prompts)."
+    )
+    val.add_argument(
+        "--validation_prompts",
+        type=str,
+        nargs="+",
+        default=None,
+        help="Captions of the validation grid rows of a text-conditional model (default: the first distinct "
+        "held-out captions).",
+    )
     val.add_argument("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance of the samples.")
     val.add_argument("--top_k", type=int, default=None, help="Top-k sampling of the validation samples.")
     val.add_argument("--top_p", type=float, default=None, help="Top-p sampling of the validation samples.")
@@ -227,12 +304,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"`--class_dropout_prob` {args.class_dropout_prob} needs a class-conditional model: give "
             "`--class_label_column`"
         )
+    if args.caption_column is not None and args.class_label_column is not None:
+        raise ValueError(
+            f"give `--caption_column` ({args.caption_column!r}) or `--class_label_column` "
+            f"({args.class_label_column!r}), not both: a model is text- or class-conditional"
+        )
+    text_flags = {
+        name: getattr(args, name)
+        for name in ("caption_dropout_prob", "text_loss_weight", "max_text_length", "tokenizer_name_or_path",
+                     "validation_prompts")
+        if getattr(args, name) is not None
+    }
+    if args.bpe_dropout:
+        text_flags["bpe_dropout"] = args.bpe_dropout
+    if args.caption_column is None and text_flags:
+        name = sorted(text_flags)[0]
+        raise ValueError(
+            f"`--{name}` {text_flags[name]!r} needs a text-conditional model: give `--caption_column`"
+        )
+    if args.caption_dropout_prob is not None and not 0.0 <= args.caption_dropout_prob < 1.0:
+        raise ValueError(f"`--caption_dropout_prob` must be in [0, 1), got {args.caption_dropout_prob}")
+    if not 0.0 <= args.bpe_dropout < 1.0:
+        raise ValueError(f"`--bpe_dropout` must be in [0, 1), got {args.bpe_dropout}")
+    if args.text_loss_weight is not None and args.text_loss_weight < 0:
+        raise ValueError(f"`--text_loss_weight` must be >= 0, got {args.text_loss_weight}")
+    if args.max_text_length is not None and args.max_text_length < 1:
+        raise ValueError(f"`--max_text_length` must be >= 1, got {args.max_text_length}")
+    if args.text_vocab_size < 3:
+        raise ValueError(f"`--text_vocab_size` must be >= 3 ([PAD], [UNK] and one token), got {args.text_vocab_size}")
     for name in ("num_validation_images", "num_validation_classes", "max_validation_samples"):
         if getattr(args, name) < 1:
             raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}")
     if args.guidance_scale < 1.0:
         raise ValueError(f"`--guidance_scale` must be >= 1, got {args.guidance_scale}")
+    if args.use_lora:
+        check_lora_flags(args)
     return args
+
+
+def check_lora_flags(args: argparse.Namespace) -> None:
+    """``--use_lora`` adapts a trained transformer and trains nothing else; ``ValueError`` names the bad flag."""
+    from rq_hf.lora import check_lora_args
+
+    check_lora_args(args.lora_rank, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    if args.model_config_name_or_path is None:
+        raise ValueError("`--use_lora` needs a trained transformer: give `--model_config_name_or_path` (a "
+                         "transformer folder, e.g. PIPELINE/transformer, or a Hub id), got none")
+    for flag in ("train_code_embeddings", "use_ema", "push_to_hub"):
+        if getattr(args, flag):
+            raise ValueError(f"`--{flag}` is not supported with `--use_lora` (only the adapters train; upload the "
+                             "adapter folder with `hf upload`), got both")
 
 
 # ============================================================================================ model
@@ -244,13 +365,7 @@ def load_vqvae(path: str):
 
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(f"`--vqvae_model_name_or_path` {path!r} is a folder without config.json")
-    vae = RQVAEModel.from_pretrained(path)
-    missing = [name for name, t in vae.state_dict().items() if t.device.type == "meta"]
-    if missing:  # diffusers leaves weights missing from the file on the meta device with only a warning
-        raise ValueError(
-            f"`--vqvae_model_name_or_path` {path!r}: the weights lack {len(missing)} tensors of its config "
-            f"(e.g. {missing[:3]}); the folder is incomplete or does not match its config.json"
-        )
+    vae = RQVAEModel.from_pretrained(path)  # strict: weights that do not match the config raise
     vae.requires_grad_(False).float()
     return vae.eval()
 
@@ -266,12 +381,14 @@ def _is_trained_model(path: str) -> bool:
     )
 
 
-def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2label: dict[int, str] | None):
+def build_transformer(
+    args: argparse.Namespace, vae, code_shape: list[int], id2label: dict[int, str] | None, tokenizer=None
+):
     """A new model from ``SMALL_CONFIG`` / a config file or folder (+ CLI overrides), or a trained model.
 
     The vocabulary, code shape and code-embedding width must agree with the RQ-VAE and the data; the number
-    of classes with ``--class_label_column``. ``ValueError`` names what disagrees. Returns
-    ``(model, is_new)``.
+    of classes with ``--class_label_column``; the text vocabulary and padding id with the caption ``tokenizer``
+    (text-conditional models). ``ValueError`` names what disagrees. Returns ``(model, is_new)``.
     """
     import torch
 
@@ -284,7 +401,16 @@ def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2l
         "code_shape": list(code_shape),
         "code_embedding_dim": vae.config.vq_embed_dim or vae.config.latent_channels,
         "num_classes": None if id2label is None else len(id2label),
+        "text_vocab_size": None if tokenizer is None else len(tokenizer),
     }
+    if tokenizer is not None:
+        derived["text_pad_token_id"] = tokenizer.pad_token_id
+        if args.max_text_length is not None:
+            derived["max_text_length"] = args.max_text_length
+    flags = (
+        f"--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, --class_label_column "
+        f"{args.class_label_column!r}, --caption_column {args.caption_column!r}"
+    )
     source = f"`--model_config_name_or_path` {path!r}"
     if path is not None and (_is_trained_model(path) or not (os.path.isfile(path) or os.path.isdir(path))):
         # A trained transformer (local folder with weights, or a Hub id): fine-tune it.
@@ -294,9 +420,8 @@ def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2l
             current = list(config.code_shape) if key == "code_shape" else getattr(config, key)
             if current != value:
                 raise ValueError(
-                    f"{source} (a trained transformer) has {key}={current}, but the RQ-VAE / data need "
-                    f"{key}={value} (--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, "
-                    f"--class_label_column {args.class_label_column!r})"
+                    f"{source} (a trained transformer) has {key}={current}, but the RQ-VAE / data / tokenizer "
+                    f"need {key}={value} ({flags})"
                 )
         overridden = [name for name in ARCHITECTURE_FLAGS if getattr(args, name) is not None]
         if overridden:
@@ -307,11 +432,13 @@ def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2l
         for name in DROPOUT_FLAGS:
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
-        if args.class_dropout_prob is not None:
-            config.class_dropout_prob = args.class_dropout_prob
+        for name in ("class_dropout_prob", "caption_dropout_prob", "text_loss_weight"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
         if id2label is not None:
             config.id2label = dict(id2label)
             config.label2id = {name: i for i, name in id2label.items()}
+        model.code_embeddings.weight.requires_grad_(args.train_code_embeddings)  # as for a new model
         model.train()
         return model, False
 
@@ -328,9 +455,8 @@ def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2l
     for key, value in derived.items():
         if key in base and base[key] is not None and (list(base[key]) if key == "code_shape" else base[key]) != value:
             raise ValueError(
-                f"{source}: {key}={base[key]} does not match the RQ-VAE / data, which need {key}={value} "
-                f"(--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, "
-                f"--class_label_column {args.class_label_column!r})"
+                f"{source}: {key}={base[key]} does not match the RQ-VAE / data / tokenizer, which need "
+                f"{key}={value} ({flags})"
             )
         base[key] = value
     for name in ARCHITECTURE_FLAGS + DROPOUT_FLAGS:
@@ -346,6 +472,13 @@ def build_transformer(args: argparse.Namespace, vae, code_shape: list[int], id2l
         base.pop("id2label", None)
         base.pop("label2id", None)
         base["class_dropout_prob"] = 0.0
+    if tokenizer is not None:
+        dropout = args.caption_dropout_prob
+        base["caption_dropout_prob"] = dropout if dropout is not None else base.get("caption_dropout_prob", 0.1)
+        if args.text_loss_weight is not None:
+            base["text_loss_weight"] = args.text_loss_weight
+    else:
+        base["caption_dropout_prob"] = 0.0
     config = RQTransformerConfig.from_dict(base)
     model = RQTransformerForCausalImageModeling(config)
     model.init_code_embeddings(vae, freeze=not args.train_code_embeddings)
@@ -424,8 +557,9 @@ def load_codes_dataset(args: argparse.Namespace, split: str):
     return dataset
 
 
-def codes_collate(codes_column: str, label_column: str | None, with_latents: bool):
-    """Collate rows of a codes dataset (torch format) into ``codes`` / ``class_labels`` / ``latents``."""
+def codes_collate(codes_column: str, label_column: str | None, with_latents: bool, caption_column: str | None = None):
+    """Collate rows of a codes dataset (torch format) into ``codes`` / ``class_labels`` / ``latents`` /
+    ``captions``."""
     import torch
 
     def collate(rows):
@@ -437,9 +571,40 @@ def codes_collate(codes_column: str, label_column: str | None, with_latents: boo
             batch["class_labels"] = torch.tensor([int(r[label_column]) for r in rows], dtype=torch.long)
         if with_latents:
             batch["latents"] = torch.stack([torch.as_tensor(r["latents"]) for r in rows]).float()
+        if caption_column is not None:
+            batch["captions"] = [str(r[caption_column]) for r in rows]
         return batch
 
     return collate
+
+
+def caption_tokenizer(args: argparse.Namespace, dataset, accelerator):
+    """The caption tokenizer: ``--tokenizer_name_or_path``, or a BPE tokenizer trained on the ``dataset``'s
+    captions by the main process and saved in ``output_dir/tokenizer`` (reused when resuming)."""
+    from transformers import AutoTokenizer
+
+    from rq_hf.models.tokenization_rq_transformer import train_caption_tokenizer
+
+    path = args.tokenizer_name_or_path
+    if path is not None:
+        subfolder = os.path.join(path, "tokenizer")
+        if os.path.isdir(subfolder) and not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            path = subfolder  # a pipeline folder
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if tokenizer.pad_token_id is None:
+            raise ValueError(f"`--tokenizer_name_or_path` {args.tokenizer_name_or_path!r} must have a padding token")
+        return tokenizer
+    folder = os.path.join(args.output_dir, "tokenizer")
+    reuse = args.resume_from_checkpoint is not None and os.path.isfile(os.path.join(folder, "tokenizer.json"))
+    with accelerator.main_process_first():
+        if accelerator.is_main_process and not reuse:
+            captions = (row for batch in dataset.iter(batch_size=1000) for row in batch[args.caption_column])
+            tokenizer = train_caption_tokenizer(captions, args.text_vocab_size, args.max_text_length or 32)
+            tokenizer.save_pretrained(folder)
+            logger.info("Trained a BPE caption tokenizer of %d tokens on the training captions", len(tokenizer))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    return tokenizer
 
 
 def held_out_split(dataset, args: argparse.Namespace):
@@ -455,47 +620,44 @@ def held_out_split(dataset, args: argparse.Namespace):
 # ============================================================================================ validation
 
 
-def sample_grid(vae, transformer, args: argparse.Namespace, device):
+def sample_grid(vae, transformer, args: argparse.Namespace, device, tokenizer=None):
     """Samples through ``RQTransformerPipeline``, as a PIL grid: one row per class (at most
-    ``--num_validation_classes``) for a class-conditional model, one row otherwise."""
+    ``--num_validation_classes``) for a class-conditional model, one row per ``--validation_prompts`` caption
+    for a text-conditional one, one row otherwise."""
     import torch
     from diffusers.utils import make_image_grid
 
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
 
-    pipe = RQTransformerPipeline(vqvae=vae, transformer=transformer)
+    pipe = RQTransformerPipeline(vqvae=vae, transformer=transformer, tokenizer=tokenizer)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator(device=device).manual_seed(args.seed or 0)
-    num_classes = transformer.config.num_classes
+    kind = transformer.config.condition_type
     cols = args.num_validation_images
-    if num_classes is None:
+    sampling = dict(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, generator=generator)
+    if kind == "none":
         rows = 1
+        images = pipe(num_images=cols, **sampling).images
+    elif kind == "text":
+        rows = len(args.validation_prompts)
         images = pipe(
-            num_images=cols,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            temperature=args.temperature,
-            generator=generator,
+            prompt=args.validation_prompts, num_images_per_prompt=cols, guidance_scale=args.guidance_scale, **sampling
         ).images
     else:
-        rows = min(num_classes, args.num_validation_classes)
+        rows = min(transformer.config.num_classes, args.num_validation_classes)
         labels = [c for c in range(rows) for _ in range(cols)]
-        images = pipe(
-            class_labels=labels,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            temperature=args.temperature,
-            guidance_scale=args.guidance_scale,
-            generator=generator,
-        ).images
+        images = pipe(class_labels=labels, guidance_scale=args.guidance_scale, **sampling).images
     return make_image_grid(images, rows=rows, cols=cols)
 
 
-def validate(vae, transformer, held_out, args: argparse.Namespace, step: int, device) -> dict[str, float]:
+def validate(
+    vae, transformer, held_out, args: argparse.Namespace, step: int, device, tokenizer=None
+) -> dict[str, float]:
     """Bits per code on the held-out codes and ``validation/step_<step>.png``; restores the training mode."""
     import torch
 
     from rq_hf.evaluation import evaluate_nll
+    from rq_hf.models.tokenization_rq_transformer import tokenize_captions
 
     values = {}
     was_training = transformer.training
@@ -503,9 +665,16 @@ def validate(vae, transformer, held_out, args: argparse.Namespace, step: int, de
     try:
         with torch.no_grad():
             if held_out is not None:
-                codes, labels = held_out
-                values["val/bits_per_code"] = evaluate_nll(transformer, codes, labels, device=device)
-            grid = sample_grid(vae, transformer, args, device)
+                text_ids = None
+                if held_out["captions"] is not None:
+                    length = transformer.config.max_text_length
+                    text_ids = [
+                        tokenize_captions(tokenizer, c, length, warn_truncated=False) for c in held_out["captions"]
+                    ]
+                values["val/bits_per_code"] = evaluate_nll(
+                    transformer, held_out["codes"], held_out["class_labels"], device=device, text_ids_batches=text_ids
+                )
+            grid = sample_grid(vae, transformer, args, device, tokenizer)
     finally:
         transformer.train(was_training)
     folder = os.path.join(args.output_dir, "validation")
@@ -524,7 +693,8 @@ def main(argv: list[str] | None = None) -> str:
     import torch
     from tqdm.auto import tqdm
 
-    from rq_hf.training.data import ImageTransform, collate_images, with_image_transform
+    from rq_hf.models.tokenization_rq_transformer import tokenize_captions, with_bpe_dropout
+    from rq_hf.training.data import ImageTransform, check_caption_column, collate_images, with_image_transform
     from rq_hf.training.ema import make_ema_model
     from rq_hf.training.script_utils import (
         MetricsLog,
@@ -552,6 +722,7 @@ def main(argv: list[str] | None = None) -> str:
     logger.info("%s", accelerator.state)
     vae = load_vqvae(args.vqvae_model_name_or_path).to(device)
     label_column = args.class_label_column
+    caption_column = args.caption_column
 
     # ------------------------------------------------------------------ data
     from_codes = args.codes_dataset is not None
@@ -559,6 +730,7 @@ def main(argv: list[str] | None = None) -> str:
         dataset = load_codes_dataset(args, "train")
         source = f"--codes_dataset {args.codes_dataset!r}"
         id2label = class_names_of(dataset, label_column, source)
+        check_caption_column(dataset, caption_column, source)
         with_latents = args.soft_labels
         if args.soft_labels and "latents" not in dataset.column_names:
             raise ValueError(
@@ -587,8 +759,8 @@ def main(argv: list[str] | None = None) -> str:
         else:
             dataset, held_out_rows = held_out_split(dataset, args)
         columns = [args.codes_column] + ([label_column] if label_column else []) + (["latents"] if with_latents else [])
-        dataset = dataset.with_format("torch", columns=columns)
-        collate = codes_collate(args.codes_column, label_column, with_latents)
+        dataset = dataset.with_format("torch", columns=columns + ([caption_column] if caption_column else []))
+        collate = codes_collate(args.codes_column, label_column, with_latents, caption_column)
         train_dataset = dataset
     else:
         dataset = load_train_dataset(args)
@@ -598,6 +770,7 @@ def main(argv: list[str] | None = None) -> str:
             else f"--train_data_dir {args.train_data_dir!r}"
         )
         id2label = class_names_of(dataset, label_column, source)
+        check_caption_column(dataset, caption_column, source)
         if args.resolution % vae.downsample_factor:
             raise ValueError(
                 f"`--resolution` must be a multiple of the RQ-VAE's down-sampling factor "
@@ -626,6 +799,7 @@ def main(argv: list[str] | None = None) -> str:
             label_column=label_column,
             on_decode_error=args.on_decode_error,
             seed=args.seed,
+            caption_column=caption_column,
         )
         collate = collate_images
 
@@ -634,11 +808,11 @@ def main(argv: list[str] | None = None) -> str:
     if held_out_rows is not None:
         held_out_rows = held_out_rows.select(range(min(args.max_validation_samples, len(held_out_rows))))
         if from_codes:
-            cols = [args.codes_column] + ([label_column] if label_column else [])
+            cols = [args.codes_column] + [c for c in (label_column, caption_column) if c]
             loader = torch.utils.data.DataLoader(
                 held_out_rows.with_format("torch", columns=cols),
                 batch_size=args.train_batch_size,
-                collate_fn=codes_collate(args.codes_column, label_column, False),
+                collate_fn=codes_collate(args.codes_column, label_column, False, caption_column),
             )
             batches = list(loader)
         else:
@@ -648,7 +822,10 @@ def main(argv: list[str] | None = None) -> str:
                 num_channels=vae.config.in_channels,
                 pad_to_resolution=args.pad_to_resolution,
             )
-            rows = with_image_transform(held_out_rows, val_transform, args.image_column, label_column=label_column)
+            rows = with_image_transform(
+                held_out_rows, val_transform, args.image_column, label_column=label_column,
+                caption_column=caption_column,
+            )
             loader = torch.utils.data.DataLoader(rows, batch_size=args.train_batch_size, collate_fn=collate_images)
             batches = []
             with torch.no_grad():
@@ -658,21 +835,41 @@ def main(argv: list[str] | None = None) -> str:
                     batch["codes"] = vae.encode(batch["pixel_values"].to(device)).codes.cpu()
                     batches.append(batch)
         if batches:
-            held_out = (
-                [b["codes"] for b in batches],
-                [b["class_labels"] for b in batches] if label_column else None,
-            )
+            held_out = {
+                "codes": [b["codes"] for b in batches],
+                "class_labels": [b["class_labels"] for b in batches] if label_column else None,
+                "captions": [b["captions"] for b in batches] if caption_column else None,
+            }
+
+    tokenizer = train_tokenizer = None
+    if caption_column is not None:
+        tokenizer = caption_tokenizer(args, dataset, accelerator)
+        train_tokenizer = with_bpe_dropout(tokenizer, args.bpe_dropout) if args.bpe_dropout else tokenizer
+        if args.validation_prompts is None:
+            rows = held_out_rows if held_out_rows is not None else dataset
+            distinct = dict.fromkeys(rows.select(range(min(len(rows), 1000)))[caption_column])
+            args.validation_prompts = list(distinct)[: args.num_validation_classes]
 
     train_dataloader = accelerator.prepare(make_train_dataloader(train_dataset, args, collate))
     schedule = compute_schedule(len(train_dataloader), args)
 
     # ------------------------------------------------------------------ model, optimisation
-    model, is_new = build_transformer(args, vae, code_shape, id2label)
+    model, is_new = build_transformer(args, vae, code_shape, id2label, tokenizer)
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
 
-    RQTransformerPipeline(vqvae=vae, transformer=model)  # fail now, not after training, if they do not fit
+    # fail now, not after training, if they do not fit
+    RQTransformerPipeline(vqvae=vae, transformer=model, tokenizer=tokenizer)
+    if tokenizer is not None:
+        tokenizer.model_max_length = model.config.max_text_length
+    if args.use_lora:
+        from rq_hf.lora import add_lora_adapter
+
+        if is_new:
+            raise ValueError(f"`--use_lora` needs a trained transformer, but `--model_config_name_or_path` "
+                             f"{args.model_config_name_or_path!r} is a config (a new model)")
+        model = add_lora_adapter(model, args.lora_rank, args.lora_alpha, args.lora_target_modules, args.lora_dropout)
     if args.gradient_checkpointing:
-        raise ValueError("`--gradient_checkpointing` is not supported by RQTransformerForCausalImageModeling")
+        model.activation_checkpointing_enable()  # non-reentrant: works with frozen inputs (LoRA) too
     if args.scale_lr:
         args.learning_rate *= args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     optimizer = torch.optim.AdamW(
@@ -684,6 +881,10 @@ def main(argv: list[str] | None = None) -> str:
     lr_scheduler = make_lr_scheduler(optimizer, args, schedule, accelerator.num_processes)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     unwrapped = accelerator.unwrap_model(model)
+    if args.use_lora:
+        from rq_hf.lora import register_adapter_checkpointing
+
+        register_adapter_checkpointing(accelerator, unwrapped)  # checkpoints hold the adapter, not the model
     ema = None
     if args.use_ema:
         ema = make_ema_model(unwrapped, decay=args.ema_decay).to(device)
@@ -712,7 +913,11 @@ def main(argv: list[str] | None = None) -> str:
         len(train_dataset),
         source,
         tuple(code_shape),
-        f"{len(id2label)} classes" if id2label else "unconditional",
+        (
+            f"{len(id2label)} classes"
+            if id2label
+            else f"captions ({len(tokenizer)} tokens)" if tokenizer else "unconditional"
+        ),
         accelerator.num_processes,
         args.train_batch_size,
         args.gradient_accumulation_steps,
@@ -729,8 +934,8 @@ def main(argv: list[str] | None = None) -> str:
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def eval_model():
-        return ema.module if ema is not None else unwrapped
+    def eval_model():  # the transformer itself (with its LoRA layers under --use_lora)
+        return ema.module if ema is not None else unwrapped.get_base_model() if args.use_lora else unwrapped
 
     # ------------------------------------------------------------------ loop
     if progress.global_step < schedule.max_train_steps:
@@ -738,13 +943,17 @@ def main(argv: list[str] | None = None) -> str:
             if not from_codes and count_skipped_images(accelerator, batch, progress):
                 continue
             class_labels = batch.get("class_labels") if label_column else None
+            condition = {}
+            if caption_column is not None:
+                condition["text_ids"] = tokenize_captions(
+                    train_tokenizer, batch["captions"], unwrapped.config.max_text_length, warn_truncated=False
+                ).to(device)
             with torch.no_grad():  # the frozen RQ-VAE: codes (and soft targets) of this batch
                 if from_codes:
                     codes = batch["codes"]
                     latents = batch.get("latents")
-                else:
-                    with accelerator.autocast():
-                        encoded = vae.encode(batch["pixel_values"])
+                else:  # in fp32, outside autocast: the codes of extract_codes.py, validation and the pipeline
+                    encoded = vae.encode(batch["pixel_values"].float())
                     codes, latents = encoded.codes, encoded.latents.permute(0, 2, 3, 1)
                 targets = codes
                 if args.soft_labels:
@@ -753,10 +962,16 @@ def main(argv: list[str] | None = None) -> str:
             step = progress.global_step + 1
             with accelerator.accumulate(model):
                 # The WRAPPED model (DDP needs it); a tuple, as accelerate's output conversion prefers.
-                loss = model(codes=codes, class_labels=class_labels, labels=targets, return_dict=False)[0]
+                values = {}
+                if caption_column is None:
+                    loss = model(codes=codes, class_labels=class_labels, labels=targets, return_dict=False)[0]
+                else:
+                    output = model(codes=codes, labels=targets, **condition)
+                    loss = output.loss
+                    values = {"image_loss": output.image_loss.detach(), "text_loss": output.text_loss.detach()}
                 if args.debug_nan_at_step == step:
                     loss = loss * float("nan")  # test hook
-                reduced = reduce_step_values(accelerator, {"loss": loss.detach()})
+                reduced = reduce_step_values(accelerator, {"loss": loss.detach(), **values})
                 guard_finite(reduced, step, args.output_dir)  # before any update: nothing bad gets saved
                 accelerator.backward(loss)
                 grad_norm = None
@@ -780,7 +995,7 @@ def main(argv: list[str] | None = None) -> str:
             progress_bar.set_postfix(loss=f"{reduced['loss']:.4f}", lr=f"{reduced['lr']:.2e}")
             last_step = progress.global_step >= schedule.max_train_steps  # validated after the loop
             if progress.global_step % args.validation_steps == 0 and not last_step and accelerator.is_main_process:
-                reduced.update(validate(vae, eval_model(), held_out, args, progress.global_step, device))
+                reduced.update(validate(vae, eval_model(), held_out, args, progress.global_step, device, tokenizer))
                 if "val/bits_per_code" in reduced:
                     logger.info(
                         "step %d: validation %.4f bits/code",
@@ -800,7 +1015,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.debug_dump_state:
         dump_debug_state(accelerator, final_model, args.output_dir)
     if accelerator.is_main_process:
-        final = validate(vae, final_model, held_out, args, progress.global_step, device)
+        final = validate(vae, final_model, held_out, args, progress.global_step, device, tokenizer)
         metrics.log(final, step=progress.global_step)
         card_metrics = {"training steps": progress.global_step}
         if "val/bits_per_code" in final:
@@ -808,8 +1023,13 @@ def main(argv: list[str] | None = None) -> str:
             logger.info("Final validation NLL: %.4f bits per code", final["val/bits_per_code"])
         if args.use_ema:
             card_metrics["weights"] = f"EMA (decay {args.ema_decay})"
-        pipe = RQTransformerPipeline(vqvae=vae, transformer=final_model)
-        pipe.save_pretrained(args.output_dir, metrics=card_metrics)
+        if args.use_lora:  # the adapter folder (peft); pipe.load_lora_weights(output_dir) puts it on the base
+            from rq_hf.lora import save_lora_adapter
+
+            save_lora_adapter(unwrapped, args.output_dir)
+        else:
+            pipe = RQTransformerPipeline(vqvae=vae, transformer=final_model, tokenizer=tokenizer)
+            pipe.save_pretrained(args.output_dir, metrics=card_metrics)
         write_model_card(  # appends the training section (data, steps, flags) to the pipeline's card
             args.output_dir,
             title="RQ-Transformer",
@@ -819,6 +1039,8 @@ def main(argv: list[str] | None = None) -> str:
                 f"codes {tuple(code_shape)}"
                 f"{', soft labels' if args.soft_labels else ''}), with the frozen RQ-VAE "
                 f"`{args.vqvae_model_name_or_path}`."
+                + (f" LoRA adapter (rank {args.lora_rank}, alpha {args.lora_alpha}) of "
+                   f"`{args.model_config_name_or_path}`." if args.use_lora else "")
             ),
             tags=["rq-transformer", "rq-hf"],
             args=args,
@@ -833,8 +1055,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NonFiniteLossError as err:
-        print(f"train_rq_transformer.py: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

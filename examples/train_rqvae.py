@@ -36,16 +36,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
 from rq_hf.training.script_utils import (
-    NonFiniteLossError,
     add_bookkeeping_args,
     add_data_args,
     add_debug_args,
     add_optimization_args,
     check_common_args,
+    run_cli,
 )
 
 logger = logging.getLogger("train_rqvae")
@@ -446,8 +445,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except NonFiniteLossError as err:
-        print(f"train_rqvae.py: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, build_parser)  # bad flags or inputs: a usage line and the message, no traceback

@@ -169,7 +169,12 @@ def official_rq_transformer_config(
             "body": {"n_layer": body_layers, "block": {"n_head": n_head}},
             "head": {"n_layer": head_layers, "block": {"n_head": n_head}},
         },
-        "loss": {"type": "soft_target_cross_entropy", "stochastic_codes": True, "temp": 0.5},
+        "loss": {
+            "type": "soft_target_cross_entropy",
+            "stochastic_codes": True,
+            "temp": 0.5,
+            **({"txt_weight": 0.1, "img_weight": 0.9} if kind == "text" else {}),
+        },
         "optimizer": {"type": "adamW", "init_lr": 0.0005, "weight_decay": 0.0001, "betas": [0.9, 0.95]},
         "experiment": {
             "amp": True,
@@ -428,3 +433,39 @@ class ArbitraryObject:
 def write_pickled_object_checkpoint(stage_dir: str, config: Dict[str, Any], state_dict: StateDict) -> str:
     """Write a ``model.pt`` that also holds an arbitrary pickled object (needs full unpickling)."""
     return write_stage(stage_dir, config, state_dict, extra_object=ArbitraryObject())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# caption tokenizer of the text-conditional releases
+# ----------------------------------------------------------------------------------------------------------
+
+
+def write_official_tokenizer_files(folder: str, captions, vocab_size: int, prefix: str = "bpe-16k") -> None:
+    """Write ``folder/<prefix>-vocab.json`` and ``<prefix>-merges.txt`` as the official tokenizer files are: a
+    ``tokenizers`` ``CharBPETokenizer`` (lowercase) trained with ``[PAD]`` (id 0) and ``[UNK]`` (id 1) first."""
+    from tokenizers import CharBPETokenizer
+
+    tokenizer = CharBPETokenizer(unk_token="[UNK]", lowercase=True)
+    tokenizer.train_from_iterator(
+        captions, vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]"], show_progress=False
+    )
+    os.makedirs(folder, exist_ok=True)
+    tokenizer.save_model(folder, prefix)
+
+
+def official_caption_tokenizer(folder: str, context_length: int, prefix: str = "bpe-16k"):
+    """The caption tokenizer as ``rqvae/txtimg_datasets/cc3m.py`` builds it (``bpe16k_huggingface``): call
+    ``.encode(text).ids`` for the ``context_length`` padded / truncated token ids."""
+    from tokenizers import CharBPETokenizer
+
+    tokenizer = CharBPETokenizer.from_file(
+        os.path.join(folder, f"{prefix}-vocab.json"),
+        os.path.join(folder, f"{prefix}-merges.txt"),
+        unk_token="[UNK]",
+        lowercase=True,
+        dropout=None,
+    )
+    tokenizer.add_special_tokens(["[PAD]"])
+    tokenizer.enable_padding(length=context_length, pad_id=tokenizer.token_to_id("[PAD]"))
+    tokenizer.enable_truncation(max_length=context_length)
+    return tokenizer

@@ -26,26 +26,34 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--output-dir", str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env, capture_output=True, text=True, timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
 
     markdown = (tmp_path / "benchmarks.md").read_text()
     assert "python benchmarks/run_all.py --quick" in markdown
     assert "## Machine" in markdown and "| torch |" in markdown and "| cpu |" in markdown
-    for title in ("Residual quantizer throughput", "Sampling speed", "Training step: accelerate"):
+    for title in ("Residual quantizer throughput", "Sampling speed", "Training step: accelerate",
+                  "Training memory per GPU", "Loading a large pipeline"):
         assert f"## {title}" in markdown
     assert "Failed" not in markdown
     # the three tables, each with a header separator and its rows
     assert "| eval |" in markdown and "| train |" in markdown and "| ceiling (" in markdown
+    assert "Eval codes against an exact search (float64 distances, argmin): identical." in markdown
     assert "| RQ 8x8x4, cache " in markdown and "| flat 16x16x1, cache " in markdown
     for stage in ("rqvae", "transformer"):
         for precision in ("fp32", "bf16"):
             assert f"| {stage} | {precision} |" in markdown
-    assert markdown.count("|---") >= 4  # machine + three benchmark tables
+    for strategy in ("DDP", "FSDP", "ZeRO-3"):
+        assert f"| tiny | 0.04M | 4 | {strategy} |" in markdown
+    assert "| output head |" in markdown and "| spatial layer passes per image | 256 | 1024 | 4.00x |" in markdown
+    assert "## Training memory of a LoRA fine-tune on one GPU" in markdown and "LoRA rank 2" in markdown
+    for route in ("naive", "from_pretrained", "torch_dtype=bf16", "device_map (blocks on disk)"):
+        assert f"| {route} |" in markdown
+    assert markdown.count("|---") >= 7  # machine + five benchmark tables + the sampling breakdown
 
     summary = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert set(summary["results"]) == {"quantizer", "sampling", "training_step"}
+    assert set(summary["results"]) == {"quantizer", "sampling", "training_step", "memory", "memory_lora", "loading"}
     rows = summary["results"]["training_step"]["json"]["rows"]
     for row in rows:
         # same weights, batch and random draws: both loops compute the same first loss (fp32 and bf16 autocast)
@@ -55,7 +63,7 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     if importlib.util.find_spec("matplotlib") is None:
         assert "No plots" in markdown
     else:
-        for name in ("quantizer", "sampling", "training_step"):
+        for name in ("quantizer", "sampling", "training_step", "memory"):
             png = tmp_path / f"bench_{name}.png"
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             assert f"](bench_{name}.png)" in markdown

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 from official_fixtures import (
+    official_caption_tokenizer,
     official_rqvae_config,
     official_rqvae_state_dict,
     write_official_release,
+    write_official_tokenizer_files,
     write_pickled_object_checkpoint,
     write_stage,
 )
@@ -26,7 +28,6 @@ pytest.importorskip("rq_hf.models.modeling_rq_transformer", reason="the RQ-Trans
 from rq_hf.conversion.convert_original import (  # noqa: E402
     CheckpointMismatchError,
     UnsafeCheckpointError,
-    UnsupportedCheckpointError,
     convert_checkpoint_dir,
     convert_rqvae_state_dict,
     load_official_checkpoint,
@@ -167,24 +168,37 @@ def _ref_stack(x, sd, p, n_layer, n_head):
 
 
 def official_rq_transformer_reference(sd, config, codebook, codes, cond):
-    """Official RQTransformer.forward (input/head_emb_vqvae, cumsum_depth_ctx, shared_cls_emb), eval mode."""
+    """Official RQTransformer.forward (input/head_emb_vqvae, cumsum_depth_ctx, shared_cls_emb), eval mode.
+
+    ``cond``: (B,) class / start-token ids, or (B, L) caption token ids. Returns the code logits, and for a
+    caption also the logits of caption tokens 1..L-1 (``cond_classifier``)."""
     arch = config["arch"]
     b, hh, ww, d = codes.shape
     t, e, n_head = hh * ww, arch["embed_dim"], arch["body"]["block"]["n_head"]
+    cond = cond[:, None] if cond.dim() == 1 else cond
+    length = cond.shape[1]
     xs = codes.reshape(b, t, d)
     emb = codebook[xs]
     xs_emb = F.linear(emb, sd["input_mlp.weight"], sd["input_mlp.bias"]).sum(-2) + sd["pos_emb_hw"][:, :t]
-    conds = sd["cond_emb.weight"][cond][:, None] + sd["pos_emb_cond"][:, :1]
+    conds = sd["cond_emb.weight"][cond] + sd["pos_emb_cond"][:, :length]
     latents = _ref_stack(
         torch.cat([conds, xs_emb[:, :-1]], 1), sd, "body_transformer", arch["body"]["n_layer"], n_head
     )
     depth_ctx = F.linear(emb.cumsum(-2), sd["head_mlp.weight"], sd["head_mlp.bias"])
+    spatial_ctx = latents[:, length - 1:]
     full = (
-        torch.cat([latents.view(b, t, 1, e), depth_ctx[:, :, :-1]], -2).reshape(b * t, d, e) + sd["pos_emb_d"]
+        torch.cat([spatial_ctx.reshape(b, t, 1, e), depth_ctx[:, :, :-1]], -2).reshape(b * t, d, e)
+        + sd["pos_emb_d"]
     )
     out = _ref_stack(full, sd, "head_transformer", arch["head"]["n_layer"], n_head).reshape(b, hh, ww, d, e)
     out = F.layer_norm(out, (e,), sd["classifier.layer_norm.weight"], sd["classifier.layer_norm.bias"])
-    return F.linear(out, sd["classifier.linear.weight"], sd["classifier.linear.bias"])
+    logits = F.linear(out, sd["classifier.linear.weight"], sd["classifier.linear.bias"])
+    if length == 1:
+        return logits
+    text = F.layer_norm(
+        latents[:, : length - 1], (e,), sd["cond_classifier.layer_norm.weight"], sd["cond_classifier.layer_norm.bias"]
+    )
+    return logits, F.linear(text, sd["cond_classifier.linear.weight"], sd["cond_classifier.linear.bias"])
 
 
 # ------------------------------------------------------------------------------------------------ tests
@@ -306,12 +320,72 @@ def test_stage2_release_converts_and_matches_official_forward(tmp_path, kind):
         assert torch.equal(pipe.vqvae.quantizer.codebook(0), book[:k])
 
 
-def test_text_conditional_release_is_refused_clearly(tmp_path):
+CAPTIONS = [
+    f"a {colour} {shape} {where}"
+    for colour in ("red", "green", "blue", "yellow")
+    for shape in ("circle", "square", "triangle")
+    for where in ("on the left", "at the top right", "in the middle of a field")
+]
+
+
+def test_text_release_without_tokenizer_is_refused_clearly(tmp_path):
     write_official_release(str(tmp_path / "cc3m"), stage2_kind="text")
-    with pytest.raises(UnsupportedCheckpointError, match="text-conditional.*--stage1_only"):
+    with pytest.raises(ValueError, match="--tokenizer_dir.*bpe-16k-vocab.json"):
         convert_checkpoint_dir(str(tmp_path / "cc3m"), str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError, match="bpe-16k-merges.txt"):
+        convert_checkpoint_dir(str(tmp_path / "cc3m"), str(tmp_path / "out"), tokenizer_dir=str(tmp_path))
     assert not (tmp_path / "out").exists()
     assert convert_checkpoint_dir(str(tmp_path / "cc3m"), str(tmp_path / "out"), stage1_only=True) == "rqvae"
+
+
+def test_text_release_converts_and_matches_official_forward_and_tokenizer(tmp_path):
+    text_length, text_vocab = 8, 64
+    sizes = {"text_vocab_size": text_vocab, "text_length": text_length}
+    release = write_official_release(str(tmp_path / "cc3m"), stage2_kind="text", stage2_kwargs=sizes)
+    write_official_tokenizer_files(str(tmp_path / "tok"), CAPTIONS * 4, vocab_size=text_vocab)
+    argv = ["--checkpoint_dir", str(tmp_path / "cc3m"), "--output_dir", str(tmp_path / "out")]
+    assert main(argv + ["--tokenizer_dir", str(tmp_path / "tok")]) == 0
+
+    from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
+
+    pipe = RQTransformerPipeline.from_pretrained(str(tmp_path / "out"))
+    model = pipe.transformer.eval()
+    config = model.config
+    assert config.condition_type == "text" and config.text_vocab_size == text_vocab
+    assert config.max_text_length == text_length and config.text_pad_token_id == 0
+    assert (config.text_loss_weight, config.image_loss_weight, config.caption_dropout_prob) == (0.1, 0.9, 0.0)
+    src, tgt = release["stage2_state_dict"], model.state_dict()
+    assert torch.equal(tgt["condition_embedding.weight"], src["cond_emb.weight"])
+    assert torch.equal(tgt["condition_position_embedding"], src["pos_emb_cond"])
+    assert torch.equal(tgt["text_output_proj.weight"], src["cond_classifier.linear.weight"])
+    assert torch.equal(tgt["text_output_norm.bias"], src["cond_classifier.layer_norm.bias"])
+    _assert_one_to_one(src, tgt, skip_target=("code_embeddings",))
+
+    # the same caption ids as the official tokenizer: lowercase, [PAD] padding, truncation, [UNK]
+    official = official_caption_tokenizer(str(tmp_path / "tok"), text_length)
+    captions = ["A RED Circle on the left", "a blue triangle in the middle of a field at the top right", "a zebra", ""]
+    ids = pipe.tokenize_prompt(captions)
+    assert ids.tolist() == [official.encode(c).ids for c in captions]
+    assert (ids[1] != 0).all() and (ids[3] == 0).all() and (ids[2] == 1).any()
+
+    # the same logits as the official forward pass for those captions, and the official loss weighting
+    k = release["stage1_config"]["arch"]["hparams"]["n_embed"]
+    book = release["stage1_state_dict"]["quantizer.codebooks.0.weight"][:k]
+    codes = torch.randint(0, k, (4, *config.code_shape), generator=torch.Generator().manual_seed(0))
+    ref_logits, ref_text_logits = official_rq_transformer_reference(src, release["stage2_config"], book, codes, ids)
+    with torch.no_grad():
+        out = model(codes=codes, text_ids=ids, labels=codes)
+    torch.testing.assert_close(out.logits, ref_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.text_logits, ref_text_logits, rtol=1e-4, atol=1e-4)
+    image_loss = F.cross_entropy(ref_logits.reshape(-1, k), codes.reshape(-1))
+    text_loss = F.cross_entropy(ref_text_logits.reshape(-1, text_vocab), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, 0.1 * text_loss + 0.9 * image_loss, rtol=1e-4, atol=1e-5)
+
+    images = pipe(prompt=captions[:2], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 16, 16, 3)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "pipeline_tag: text-to-image" in card and "only" in card and "caption dropout" in card
+    assert "cc-by-nc-sa-4.0" in card and "prompt=[" in card
 
 
 def test_strictness_lists_extra_and_missing_keys(tmp_path):

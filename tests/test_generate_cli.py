@@ -40,5 +40,27 @@ def test_unconditional_and_errors(tmp_path, generate_main):
     out = str(tmp_path / "o")
     paths = generate_main(["--model_path", str(tmp_path / "u"), "--num_images", "2", "--output_dir", out])
     assert len(paths) == 3 and PIL.Image.open(paths[-1]).size == (16, 8)
-    with pytest.raises(SystemExit, match="class_labels"):
+    with pytest.raises(ValueError, match="class_labels"):
         generate_main(["--model_path", str(tmp_path / "u"), "--class_labels", "1", "--output_dir", out])
+
+
+def test_text_to_image_prompts(tmp_path, generate_main):
+    from tiny_models import tiny_caption_tokenizer, tiny_text_transformer
+
+    tokenizer = tiny_caption_tokenizer()
+    pipe = RQTransformerPipeline(
+        vqvae=tiny_vae(), transformer=tiny_text_transformer(text_vocab_size=len(tokenizer)), tokenizer=tokenizer
+    )
+    pipe.save_pretrained(tmp_path / "t")
+    out = str(tmp_path / "o")
+    paths = generate_main(["--model_path", str(tmp_path / "t"), "--prompt", "a red circle on the left", "a blue square",
+                           "--num_per_class", "2", "--guidance_scale", "3", "--negative_prompt", "a green circle",
+                           "--output_dir", out])
+    assert len(paths) == 5 and os.path.basename(paths[2]) == "002_a-blue-square.png"
+    assert PIL.Image.open(paths[-1]).size == (2 * 8, 2 * 8)
+    with pytest.raises(SystemExit, match="is text-conditional; give --prompt"):
+        generate_main(["--model_path", str(tmp_path / "t"), "--output_dir", out])
+    class_pipe = RQTransformerPipeline(vqvae=tiny_vae(), transformer=tiny_transformer())
+    class_pipe.save_pretrained(tmp_path / "c")
+    with pytest.raises(SystemExit, match="not text-conditional"):
+        generate_main(["--model_path", str(tmp_path / "c"), "--prompt", "a cat", "--output_dir", out])

@@ -1,7 +1,5 @@
 import json
 import os
-import subprocess
-import sys
 from unittest import mock
 
 import numpy as np
@@ -9,6 +7,7 @@ import PIL.Image
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from script_helpers import assert_pipeline_loads_without_rq_hf
 from tiny_models import tiny_transformer, tiny_vae  # noqa: E402
 
 from rq_hf import RQTransformerPipeline, RQVAEModel
@@ -172,26 +171,8 @@ def test_saved_folder_loads_without_rq_hf_installed(pipe, tmp_path):
     path = tmp_path / "pipe"
     pipe.save_pretrained(path)
     expected = pipe(class_labels=["Trouser"], generator=gen(9), output_type="np").images
-    np.save(tmp_path / "expected.npy", expected)
-    script = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "rq_hf" or name.startswith("rq_hf."):
-            raise ImportError("rq_hf is blocked in this test")
-sys.meta_path.insert(0, Block())
-import numpy as np, torch
-from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained({str(path)!r}, trust_remote_code=True)
-images = pipe(class_labels=["Trouser"], generator=torch.Generator().manual_seed(9), output_type="np").images
-np.testing.assert_array_equal(images, np.load({str(tmp_path / "expected.npy")!r}))
-assert "rq_hf" not in sys.modules
-print("LOADED", type(pipe).__module__)
-"""
-    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "LOADED" in result.stdout
+    call = 'class_labels=["Trouser"], generator=torch.Generator().manual_seed(9), output_type="np"'
+    assert_pipeline_loads_without_rq_hf(path, call, expected, tmp_path)
 
 
 def test_atomic_save_keeps_earlier_folder(pipe, tmp_path):

@@ -47,6 +47,18 @@ def test_large_codebooks_match_brute_force_and_break_ties_to_first(codebook_size
     assert codes[0, 0] == 3
 
 
+@pytest.mark.parametrize("codes_per_block", [256, 300, 64])  # grouped blocks, a short last block, plain min
+def test_codebook_split_in_blocks_matches_brute_force_and_ties_go_to_the_first_block(codes_per_block):
+    quantizer = make_quantizer(codebook_size=1000, chunk_size=6).eval()
+    quantizer._codes_per_block = codes_per_block  # the nearest code is merged across 4 to 16 code blocks
+    z = torch.randn(31, 8, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(quantizer(z).codes, brute_force_codes(quantizer, z))
+    quantizer.embed[0, 900] = quantizer.embed[0, 10]  # the same vector in the first and in a later block
+    quantizer.embed[0, 950] = quantizer.embed[0, 700]  # ... and in two later blocks
+    codes = quantizer(torch.stack([quantizer.codebook(0)[10], quantizer.codebook(0)[700]])).codes
+    assert codes[:, 0].tolist() == [10, 700]
+
+
 def test_shared_codebook_is_one_tensor_and_unshared_differ():
     shared = make_quantizer(shared_codebook=True)
     assert shared.codebook(0).data_ptr() == shared.codebook(2).data_ptr()

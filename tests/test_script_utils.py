@@ -12,6 +12,7 @@ import torch
 
 from rq_hf.training.data import ROW_INDEX_COLUMN, ImageTransform, collate_images, with_image_transform
 from rq_hf.training.script_utils import (
+    CHECKPOINT_MANIFEST,
     NonFiniteLossError,
     add_bookkeeping_args,
     add_data_args,
@@ -73,10 +74,17 @@ def test_schedule_from_sharded_length():
         compute_schedule(0, args)
 
 
+def make_checkpoint(path):
+    """A folder that counts as a complete checkpoint: a manifest listing no files."""
+    os.makedirs(path)
+    with open(os.path.join(path, CHECKPOINT_MANIFEST), "w") as f:
+        f.write('{"step": 0, "files": {}}')
+
+
 def test_checkpoint_discovery_ignores_partial_saves(tmp_path):
     assert get_last_checkpoint(str(tmp_path)) is None
     for name in ("checkpoint-2", "checkpoint-10", "checkpoint-12.tmp", "checkpoint-x"):
-        os.makedirs(tmp_path / name)
+        make_checkpoint(tmp_path / name)
     assert get_last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_resume_checkpoint("latest", str(tmp_path)) == str(tmp_path / "checkpoint-10")
     assert resolve_resume_checkpoint("latest", str(tmp_path / "empty")) is None
@@ -87,7 +95,7 @@ def test_checkpoint_discovery_ignores_partial_saves(tmp_path):
 
 def test_guard_finite_names_step_and_checkpoint(tmp_path):
     guard_finite({"loss": 1.0, "nonfinite": 0.0}, 3, str(tmp_path))
-    os.makedirs(tmp_path / "checkpoint-4")
+    make_checkpoint(tmp_path / "checkpoint-4")
     with pytest.raises(NonFiniteLossError, match=r"step 7.*checkpoint-4"):
         guard_finite({"loss": float("nan"), "nonfinite": 1.0}, 7, str(tmp_path))
 

@@ -16,9 +16,9 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
-from script_helpers import flags_to_argv, read_metrics
+from script_helpers import TINY_RQVAE, flags_to_argv, read_metrics
 
-from rq_hf.training.script_utils import reset_accelerate_state
+from rq_hf.training.script_utils import NonFiniteLossError, reset_accelerate_state
 
 pytest.importorskip("rq_hf.pipelines.pipeline_rq_transformer")
 
@@ -26,21 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_rq_transformer.py")
 CLASS_NAMES = ["left", "right"]
 
-TINY_VAE = {
-    "in_channels": 1,
-    "out_channels": 1,
-    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
-    "block_out_channels": [8, 16],
-    "layers_per_block": 1,
-    "latent_channels": 8,
-    "norm_num_groups": 4,
-    "sample_size": 16,
-    "vq_embed_dim": 8,
-    "mid_block_add_attention": False,
-    "codebook_size": 32,
-    "code_depth": 2,
-}
+TINY_VAE = TINY_RQVAE
 
 
 def load_script():
@@ -345,7 +331,7 @@ def test_two_process_run_keeps_identical_weights_and_loss_goes_down(data_dir, tm
 
 def test_nonfinite_loss_stops_before_the_update_and_names_the_checkpoint(data_dir, tmp_path):
     out = tmp_path / "nan"
-    with pytest.raises(train.NonFiniteLossError, match=r"step 5.*checkpoint-3"):
+    with pytest.raises(NonFiniteLossError, match=r"step 5.*checkpoint-3"):
         train.main(base_args(data_dir, out, **{"--debug_nan_at_step": "5", "--checkpointing_steps": "3"}))
     assert sorted(losses(out)) == [1, 2, 3, 4]
     assert (out / "checkpoint-3").is_dir() and not (out / "model_index.json").exists()
@@ -398,6 +384,11 @@ def test_help_lists_the_stage2_flags():
         "--validation_split",
         "--push_to_hub",
         "--resume_from_checkpoint",
+        "--caption_column",
+        "--tokenizer_name_or_path",
+        "--caption_dropout_prob",
+        "--text_loss_weight",
+        "--validation_prompts",
     ):
         assert flag in help_text, flag
 

@@ -12,26 +12,12 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
-from script_helpers import flags_to_argv, read_metrics
+from script_helpers import TINY_RQVAE, flags_to_argv, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "examples", "train_rqvae.py")
 
-TINY_MODEL = {
-    "in_channels": 1,
-    "out_channels": 1,
-    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
-    "block_out_channels": [8, 16],
-    "layers_per_block": 1,
-    "latent_channels": 8,
-    "norm_num_groups": 4,
-    "sample_size": 16,
-    "vq_embed_dim": 8,
-    "mid_block_add_attention": False,
-    "codebook_size": 32,
-    "code_depth": 2,
-}
+TINY_MODEL = TINY_RQVAE
 
 
 def make_images(n: int, size: int = 16, seed: int = 0) -> list[PIL.Image.Image]:

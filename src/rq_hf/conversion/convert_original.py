@@ -22,9 +22,15 @@ CC-BY-NC-SA-4.0, no commercial use):
     imagenet_1.4B             class 1.4B    ... --checkpoint_dir imagenet_1.4B --output_dir rq-in-1.4b
     imagenet_1.4B_rqvae_50e   class 1.4B    ... --checkpoint_dir imagenet_1.4B_rqvae_50e --output_dir ...
     imagenet_3.8B_rqvae_50e   class 3.8B    ... --checkpoint_dir imagenet_3.8B_rqvae_50e --output_dir ...
-    cc3m, cc3m_cc12m_yfcc     text          not supported yet (text conditioning); ``--stage1_only``
-                                            converts their RQ-VAE
+    cc3m                      text 654M     ... --checkpoint_dir cc3m --tokenizer_dir TOK --output_dir rq-cc3m
+    cc3m_cc12m_yfcc           text 3.9B     ... --checkpoint_dir cc3m_cc12m_yfcc --tokenizer_dir TOK ...
     ========================  ============  =============================================================
+
+Text-conditional releases need the caption tokenizer, which the tarballs do not hold: its vocabulary and
+merges files (``bpe-16k-vocab.json``, ``bpe-16k-merges.txt``) are in the original repository, folder
+``rqvae/txtimg_datasets/tokenizers/pretrained``; pass that folder as ``--tokenizer_dir`` (nothing is
+downloaded). The tokenizer is saved as the pipeline's ``tokenizer/`` (a ``PreTrainedTokenizerFast`` with the
+official lowercasing, ``[PAD]`` padding and truncation to ``block_size_cond`` tokens).
 
 The ``.pt`` files are read with ``torch.load(weights_only=True)``; a file that needs full unpickling is
 refused with an explanation unless ``--allow_pickle`` is given. Conversion is strict: every source tensor
@@ -39,11 +45,11 @@ import logging
 import os
 import pickle
 import re
-import shutil
-import tempfile
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+
+from ..models.atomic_save import atomic_save_directory
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +88,14 @@ def load_official_checkpoint(path: str, allow_pickle: bool = False, key: str = "
         raise FileNotFoundError(f"`path` must be an existing checkpoint file, got {path!r}.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not _looks_like_torch_file(path) or isinstance(err, EOFError) or "PytorchStreamReader" in str(err):
+            raise ValueError(
+                f"{path} is not a valid PyTorch checkpoint ({first_line}): it is truncated or corrupted, or not "
+                "a file written by torch.save. Download or copy it again."
+            ) from err
         if not allow_pickle:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UnsafeCheckpointError(
                 f"{path} could not be loaded with torch.load(weights_only=True): it holds Python objects "
                 f"other than tensors and plain containers ({first_line}). Loading it fully executes "
@@ -101,6 +112,15 @@ def load_official_checkpoint(path: str, allow_pickle: bool = False, key: str = "
     if bad:
         raise ValueError(f"{path}[{key!r}] must map names to tensors; not tensors: {bad[:10]}.")
     return dict(state_dict)
+
+
+def _looks_like_torch_file(path: str) -> bool:
+    """A zip archive (torch.save's format since torch 1.6) or a pickle (protocol >= 2, the legacy format)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and head[1] >= 2)
 
 
 def load_official_config(path: str) -> Dict[str, Any]:
@@ -412,6 +432,10 @@ _TOP_LEVEL = {
     "classifier.layer_norm.bias": "output_norm.bias",
     "classifier.linear.weight": "output_proj.weight",
     "classifier.linear.bias": "output_proj.bias",
+    "cond_classifier.layer_norm.weight": "text_output_norm.weight",
+    "cond_classifier.layer_norm.bias": "text_output_norm.bias",
+    "cond_classifier.linear.weight": "text_output_proj.weight",
+    "cond_classifier.linear.bias": "text_output_proj.bias",
 }
 
 
@@ -420,28 +444,43 @@ def is_text_conditional(config: Mapping[str, Any]) -> bool:
     return int(_arch(config).get("block_size_cond", 0) or 0) > 1
 
 
-def _check_text_conditional(config: Mapping[str, Any]) -> None:
-    if is_text_conditional(config):
-        arch = _arch(config)
+#: Official ``dataset.txt_tok_name`` -> prefix of its ``<prefix>-vocab.json`` / ``<prefix>-merges.txt`` files
+#: (``CharBPETokenizer.from_file`` in ``rqvae/txtimg_datasets/tokenizers/__init__.py``).
+OFFICIAL_TOKENIZER_FILES = {"bpe16k_huggingface": "bpe-16k", "bpe30k_huggingface": "bpe-30k"}
+
+
+def official_tokenizer_files(config: Mapping[str, Any], tokenizer_dir: Optional[str]) -> Tuple[str, str]:
+    """The vocabulary and merges files of a text model's caption tokenizer in ``tokenizer_dir``."""
+    name = (config.get("dataset") or {}).get("txt_tok_name", "bpe16k_huggingface")
+    if name not in OFFICIAL_TOKENIZER_FILES:
         raise UnsupportedCheckpointError(
-            "This stage-2 checkpoint is a text-conditional RQ-Transformer (CC-3M style: "
-            f"block_size_cond={arch.get('block_size_cond')}, vocab_size_cond={arch.get('vocab_size_cond')} "
-            "text tokens, with a `cond_classifier` head). rq-hf's RQTransformerForCausalImageModeling "
-            "supports only unconditional and class-conditional models; text conditioning is not implemented "
-            "yet. Convert "
-            "its RQ-VAE alone with --stage1_only."
+            f"`dataset.txt_tok_name` must be one of {sorted(OFFICIAL_TOKENIZER_FILES)} (CharBPE tokenizers), "
+            f"got {name!r}."
         )
+    if tokenizer_dir is None:
+        raise ValueError(
+            "this stage-2 checkpoint is text-conditional: `--tokenizer_dir` must give the folder with the "
+            f"official {OFFICIAL_TOKENIZER_FILES[name]}-vocab.json and {OFFICIAL_TOKENIZER_FILES[name]}-merges.txt "
+            "(rqvae/txtimg_datasets/tokenizers/pretrained in the original repository), got None."
+        )
+    prefix = OFFICIAL_TOKENIZER_FILES[name]
+    files = tuple(os.path.join(tokenizer_dir, f"{prefix}-{suffix}") for suffix in ("vocab.json", "merges.txt"))
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(f"`--tokenizer_dir` {tokenizer_dir!r} must hold {missing} (for {name!r}).")
+    return files[0], files[1]
 
 
 def rq_transformer_kwargs_from_official(
-    config: Mapping[str, Any], class_names: Optional[Sequence[str]] = None
+    config: Mapping[str, Any], class_names: Optional[Sequence[str]] = None, text_pad_token_id: int = 0
 ) -> Dict[str, Any]:
     """Translate an official stage-2 config into ``RQTransformerConfig`` kwargs.
 
     ``vocab_size`` comes from ``arch.vocab_size`` or, as the official ``augment_defaults`` does, from
-    ``dataset.vocab_size``. ``vocab_size_cond`` 0 or 1 means unconditional, larger means that many classes.
+    ``dataset.vocab_size``. ``block_size_cond`` > 1 means text-conditional (``vocab_size_cond`` text tokens,
+    loss weights ``loss.txt_weight`` / ``loss.img_weight``, padding id ``text_pad_token_id`` of the tokenizer);
+    otherwise ``vocab_size_cond`` 0 or 1 means unconditional, larger means that many classes.
     """
-    _check_text_conditional(config)
     arch = _arch(config)
     vocab_size = arch.get("vocab_size", (config.get("dataset") or {}).get("vocab_size"))
     if isinstance(vocab_size, (list, tuple)):
@@ -485,7 +524,8 @@ def rq_transformer_kwargs_from_official(
                     f"block `{name}` must equal `arch.embed_dim` {arch['embed_dim']}."
                 )
     vocab_size_cond = int(arch.get("vocab_size_cond", 0) or 0)
-    num_classes = vocab_size_cond if vocab_size_cond > 1 else None
+    text = is_text_conditional(config)
+    num_classes = vocab_size_cond if vocab_size_cond > 1 and not text else None
     kwargs: Dict[str, Any] = {
         "vocab_size": vocab_size,
         "code_shape": list(arch["block_size"]),
@@ -502,6 +542,16 @@ def rq_transformer_kwargs_from_official(
         "code_embedding_dim": arch["input_embed_dim"],
         "layer_norm_eps": 1e-5,
     }
+    if text:
+        loss = config.get("loss") or {}
+        kwargs.update(
+            text_vocab_size=vocab_size_cond,
+            max_text_length=int(arch["block_size_cond"]),
+            text_pad_token_id=int(text_pad_token_id),
+            text_loss_weight=float(loss.get("txt_weight", 0.1)),
+            image_loss_weight=float(loss.get("img_weight", 0.9)),
+            caption_dropout_prob=0.0,
+        )
     if num_classes is not None:
         names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(names) != num_classes:
@@ -517,20 +567,21 @@ def convert_rq_transformer_state_dict(
     config: Mapping[str, Any],
     codebook: torch.Tensor,
     class_names: Optional[Sequence[str]] = None,
+    text_pad_token_id: int = 0,
 ) -> Tuple[Dict[str, Any], StateDict]:
     """Convert an official RQ-Transformer state dict; return ``(RQTransformerConfig kwargs, state dict)``.
 
     ``codebook`` is the (K, input_embed_dim) stage-1 codebook without its padding row (the official model
     embeds codes with the RQ-VAE codebook; here it becomes ``code_embeddings.weight``). Everything else is a
-    rename, except that a class-conditional model gets one extra condition row, the null class of
-    classifier-free guidance, which the official model (trained without class dropout) does not have: it is
-    filled with the mean of the class embeddings. Raises :class:`CheckpointMismatchError` listing every
-    unused source key and unfilled target key, :class:`UnsupportedCheckpointError` for text conditioning.
+    rename (a text model's ``cond_classifier`` becomes ``text_output_norm`` / ``text_output_proj``), except that
+    a class-conditional model gets one extra condition row, the null class of classifier-free guidance, which
+    the official model (trained without class dropout) does not have: it is filled with the mean of the class
+    embeddings. Raises :class:`CheckpointMismatchError` listing every unused source key and unfilled target key.
     """
     from ..models.configuration_rq_transformer import RQTransformerConfig
     from ..models.modeling_rq_transformer import RQTransformerForCausalImageModeling
 
-    kwargs = rq_transformer_kwargs_from_official(config, class_names)
+    kwargs = rq_transformer_kwargs_from_official(config, class_names, text_pad_token_id)
     source = _Source(state_dict)
     converted: StateDict = {}
     for key in state_dict:
@@ -602,10 +653,11 @@ def model_card_text(
     dataset = (stage1_config.get("dataset") or {}).get("type", "unknown")
     h, w, depth = hp["code_shape"]
     conditional = transformer_kwargs is not None and transformer_kwargs.get("num_classes") is not None
+    text = transformer_kwargs is not None and transformer_kwargs.get("text_vocab_size") is not None
     if transformer_kwargs is None:
         pipeline_tag, what = None, "the RQ-VAE (stage 1) only"
     else:
-        pipeline_tag = "unconditional-image-generation"
+        pipeline_tag = "text-to-image" if text else "unconditional-image-generation"
         what = "the RQ-VAE (stage 1) and the RQ-Transformer (stage 2)"
     data = ModelCardData(
         license=WEIGHTS_LICENSE,
@@ -628,6 +680,15 @@ def model_card_text(
             "approximation. "
             "Class names are in `transformer/config.json` (`id2label`)."
         )
+    if text:
+        notes.append(
+            "- Text-conditional: captions are lowercased and tokenized by the official BPE tokenizer "
+            f"(`tokenizer/`, from the original repository's vocabulary and merges files) into "
+            f"{transformer_kwargs['max_text_length']} tokens ([PAD]-padded, truncated), as in the original "
+            "code. The official model was trained without caption dropout: classifier-free guidance "
+            "(guidance_scale > 1, the empty caption or a negative prompt as the unconditional branch) is only "
+            "an approximation; the original sampling uses no guidance."
+        )
     if stage2_config is not None:
         sampling = (
             stage2_config.get("sampling") or (stage2_config.get("experiment") or {}).get("sample") or {}
@@ -640,6 +701,9 @@ def model_card_text(
         + (
             "images = pipe(class_labels=[0, 1]).images\n"
             if conditional
+            else 'images = pipe(prompt=["a painting of a cat with sunglasses"], num_images_per_prompt=2, '
+            "top_k=1024, top_p=0.95).images\n"
+            if text
             else "images = pipe(num_images=2).images\n"
         )
         + "```"
@@ -702,12 +766,15 @@ def convert_checkpoint_dir(
     class_names: Optional[Sequence[str]] = None,
     use_ema: bool = False,
     overwrite: bool = False,
+    tokenizer_dir: Optional[str] = None,
 ) -> str:
     """Convert an extracted release folder; return "pipeline" or "rqvae" (what was written to ``output_dir``).
 
     ``output_dir`` receives an ``RQTransformerPipeline`` folder (``model_index.json``, ``vqvae/``,
-    ``transformer/``, README.md) when the release has a ``stage2/``, else an ``RQVAEModel`` folder. The folder
-    is written to a temporary sibling and renamed at the end, so a failed conversion leaves nothing behind.
+    ``transformer/``, README.md, and ``tokenizer/`` for a text model) when the release has a ``stage2/``, else
+    an ``RQVAEModel`` folder. A text-conditional release needs ``tokenizer_dir``, the folder with the official
+    tokenizer files (see :func:`official_tokenizer_files`). The folder is written to a temporary sibling and
+    renamed at the end, so a failed conversion leaves nothing behind.
     """
     from ..models.autoencoder_rqvae import RQVAEModel
 
@@ -721,19 +788,35 @@ def convert_checkpoint_dir(
         raise FileExistsError(
             f"`output_dir` {output_dir!r} exists and is not empty; pass --overwrite to replace it."
         )
-    key = "state_dict_ema" if use_ema else "state_dict"
+    if use_ema and stage2 is None:
+        raise ValueError(
+            "`--use_ema` selects the EMA weights of stage 2 (the official sampling pairs them with the plain "
+            "RQ-VAE), but nothing of stage 2 is converted here (--stage1_only, or no stage2/ folder)."
+        )
 
     config1 = load_official_config(stage1[1])
     config2 = load_official_config(stage2[1]) if stage2 else None
+    tokenizer = None
     if config2 is not None:
-        _check_text_conditional(config2)  # before reading gigabytes of weights
+        if is_text_conditional(config2):  # before reading gigabytes of weights
+            from ..models.tokenization_rq_transformer import load_bpe_caption_tokenizer
+
+            vocab_file, merges_file = official_tokenizer_files(config2, tokenizer_dir)
+            length = int(_arch(config2)["block_size_cond"])
+            tokenizer = load_bpe_caption_tokenizer(vocab_file, merges_file, length)
+            vocab_size_cond = int(_arch(config2).get("vocab_size_cond", 0))
+            if len(tokenizer) > vocab_size_cond:
+                raise CheckpointMismatchError(
+                    f"the tokenizer in `--tokenizer_dir` {tokenizer_dir!r} has {len(tokenizer)} tokens, more than the "
+                    f"model's vocab_size_cond {vocab_size_cond}: it is not this model's tokenizer."
+                )
         if not _arch(config1)["hparams"].get("shared_codebook", False):
             raise UnsupportedCheckpointError(
                 "the RQ-Transformer embeds codes with one RQ-VAE codebook; this RQ-VAE has one codebook per "
                 "depth (`shared_codebook: false`)."
             )
     vae_kwargs, vae_sd = convert_rqvae_state_dict(
-        load_official_checkpoint(stage1[0], allow_pickle, key), config1
+        load_official_checkpoint(stage1[0], allow_pickle, "state_dict"), config1
     )
     vae = build_model(RQVAEModel, vae_kwargs, vae_sd)
 
@@ -744,7 +827,11 @@ def convert_checkpoint_dir(
 
         codebook = vae_sd["quantizer.embed"][0].clone()
         tr_kwargs, tr_sd = convert_rq_transformer_state_dict(
-            load_official_checkpoint(stage2[0], allow_pickle, key), config2, codebook, class_names
+            load_official_checkpoint(stage2[0], allow_pickle, "state_dict_ema" if use_ema else "state_dict"),
+            config2,
+            codebook,
+            class_names,
+            text_pad_token_id=0 if tokenizer is None else tokenizer.pad_token_id,
         )
         if tr_kwargs["vocab_size"] != vae_kwargs["codebook_size"]:
             raise CheckpointMismatchError(
@@ -755,10 +842,7 @@ def convert_checkpoint_dir(
             RQTransformerForCausalImageModeling, RQTransformerConfig(**tr_kwargs), tr_sd
         )
 
-    parent = os.path.dirname(os.path.abspath(output_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".rq-hf-convert-", dir=parent)
-    try:
+    with atomic_save_directory(output_dir, replace="all") as tmp:  # all or nothing, old folder kept on failure
         if transformer is None:
             written = "rqvae"
             vae.save_pretrained(tmp)
@@ -772,17 +856,13 @@ def convert_checkpoint_dir(
                 )
                 vae.save_pretrained(os.path.join(tmp, "vqvae"))
                 transformer.save_pretrained(os.path.join(tmp, "transformer"))
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
             else:
-                RQTransformerPipeline(vqvae=vae, transformer=transformer).save_pretrained(tmp)
+                RQTransformerPipeline(vqvae=vae, transformer=transformer, tokenizer=tokenizer).save_pretrained(tmp)
         name = os.path.basename(os.path.normpath(checkpoint_dir))
         with open(os.path.join(tmp, "README.md"), "w") as fh:
             fh.write(model_card_text(name, config1, config2, tr_kwargs))
-        if os.path.exists(output_dir):
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return written
 
 
@@ -798,7 +878,8 @@ def push_folder_to_hub(folder: str, repo_id: str, private: bool = False, token: 
     return str(info)
 
 
-def _parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The converter's command-line flags."""
     parser = argparse.ArgumentParser(
         prog="python -m rq_hf.conversion.convert_original",
         description="Convert an official RQ-VAE / RQ-Transformer release folder (stage1/, stage2/) to rq-hf.",
@@ -821,12 +902,26 @@ def _parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
         "{name: id} map (e.g. the official wnid_to_idx.yaml); default: the class ids",
     )
     parser.add_argument(
-        "--use_ema", action="store_true", help="convert `state_dict_ema` instead of `state_dict`"
+        "--use_ema",
+        action="store_true",
+        help="convert stage 2's `state_dict_ema` instead of its `state_dict` (the RQ-VAE is always the plain "
+        "`state_dict`, as the official sampling uses it)",
+    )
+    parser.add_argument(
+        "--tokenizer_dir",
+        default=None,
+        help="text-conditional releases: the folder with the official bpe-16k-vocab.json and bpe-16k-merges.txt "
+        "(rqvae/txtimg_datasets/tokenizers/pretrained in the original repository)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     parser.add_argument("--push_to_hub", action="store_true", help="upload the converted folder to the Hub")
     parser.add_argument("--hub_model_id", default=None, help="repository id for --push_to_hub (user/name)")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    return parser
+
+
+def _parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(None if argv is None else list(argv))
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
@@ -846,6 +941,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         class_names=class_names,
         use_ema=args.use_ema,
         overwrite=args.overwrite,
+        tokenizer_dir=args.tokenizer_dir,
     )
     kind = "an RQTransformerPipeline" if written == "pipeline" else "an RQVAEModel"
     print(f"wrote {kind} folder to {args.output_dir}")
@@ -855,4 +951,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..training.script_utils import run_cli
+
+    # bad flags or inputs (missing folders, corrupt or unsafe files): a usage line and the message, no traceback
+    run_cli(main, build_parser, errors=(UnsafeCheckpointError, UnsupportedCheckpointError))

@@ -54,10 +54,12 @@ def evaluate_nll(
     codes_batches: Iterable[torch.Tensor],
     class_labels_batches: Iterable[torch.Tensor | None] | None = None,
     device: torch.device | str | None = None,
+    text_ids_batches: Iterable[torch.Tensor] | None = None,
 ) -> float:
     """Bits per code of held-out codes under a code model, over all batches (weighted by code count).
 
-    The model is duck-typed: ``model(codes=codes, class_labels=labels)`` must return an object with
+    The model is duck-typed: ``model(codes=codes, class_labels=labels)`` (``text_ids=`` added for a
+    text-conditional model) must return an object with
     ``.logits`` of shape codes.shape + (K,) = (B, h, w, D, K), predicting each code from the ones before
     it (as ``RQTransformerForCausalImageModeling`` does). The model runs in eval mode; its previous
     mode is restored afterwards.
@@ -68,6 +70,8 @@ def evaluate_nll(
         class_labels_batches: iterable of long tensors (B,) aligned with ``codes_batches``, or None for an
             unconditional model.
         device: where to run; default the device of the model's first parameter (or the CPU).
+        text_ids_batches: iterable of long tensors (B, max_text_length) of caption token ids aligned with
+            ``codes_batches``, for a text-conditional model; None otherwise.
     """
     if device is None:
         first = next(model.parameters(), None)
@@ -78,15 +82,17 @@ def evaluate_nll(
     try:
         codes_list = list(codes_batches)
         labels_list = [None] * len(codes_list) if class_labels_batches is None else list(class_labels_batches)
-        if len(labels_list) != len(codes_list):
-            raise ValueError(
-                f"`class_labels_batches` must have one batch per codes batch ({len(codes_list)}), "
-                    f"got {len(labels_list)}"
-            )
-        for codes, labels in zip(codes_list, labels_list):
+        text_list = None if text_ids_batches is None else list(text_ids_batches)
+        for name, batches in (("class_labels_batches", labels_list), ("text_ids_batches", text_list)):
+            if batches is not None and len(batches) != len(codes_list):
+                raise ValueError(
+                    f"`{name}` must have one batch per codes batch ({len(codes_list)}), got {len(batches)}"
+                )
+        for index, (codes, labels) in enumerate(zip(codes_list, labels_list)):
             codes = codes.to(device)
             labels = labels.to(device) if labels is not None else None
-            output = model(codes=codes, class_labels=labels)
+            condition = {} if text_list is None else {"text_ids": text_list[index].to(device)}
+            output = model(codes=codes, class_labels=labels, **condition)
             logits = getattr(output, "logits", None)
             if logits is None:
                 raise TypeError(f"`model` must return an object with `.logits`, got {type(output).__name__}")

@@ -1,5 +1,6 @@
 """RQ-VAE (Lee et al., CVPR 2022) as a diffusers model: encoder, residual quantizer, decoder."""
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -11,8 +12,12 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
+from .atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
 from .hub_utils import RQHubMixin
 from .residual_quantizer import ResidualQuantizer
+
+#: How far input images may overshoot [-1, 1] (resampling) before they are refused as wrongly scaled.
+_IMAGE_RANGE_SLACK = 0.5
 
 
 @dataclass
@@ -83,6 +88,12 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    _expected_config = (
+        "_class_name",
+        "RQVAEModel",
+        "Load a transformer folder with RQTransformerForCausalImageModeling.from_pretrained, a pipeline folder "
+        "with RQTransformerPipeline.from_pretrained (or pass subfolder='vqvae').",
+    )
     _keep_in_fp32_modules = ["quantizer"]
     _skip_layerwise_casting_patterns = ["quantizer"]
 
@@ -177,7 +188,8 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
                 )
         return height // f, width // f, self.config.code_depth
 
-    def _check_images(self, sample: torch.Tensor, name: str = "sample") -> None:
+    def _check_images(self, sample: torch.Tensor, name: str = "sample", allow_non_finite: bool = False) -> None:
+        """Type, shape, batch, finiteness and range (`[-1, 1]` up to `_IMAGE_RANGE_SLACK`) of input images."""
         if not isinstance(sample, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(sample).__name__}.")
         if not sample.is_floating_point():
@@ -196,6 +208,19 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"`{name}` height and width must be multiples of the down-sampling factor {f}, "
                 f"got {sample.shape[2]}x{sample.shape[3]}."
+            )
+        if sample.shape[0] == 0:
+            raise ValueError(f"`{name}` must hold at least one image, got shape {tuple(sample.shape)}.")
+        low, high = (float(v) for v in torch.aminmax(sample.detach()))  # NaN if any value is NaN
+        if not (math.isfinite(low) and math.isfinite(high)):
+            if allow_non_finite:
+                return
+            count = int((~torch.isfinite(sample)).sum())
+            raise ValueError(f"`{name}` must be finite, got {count} NaN/inf values (shape {tuple(sample.shape)}).")
+        if low < -1 - _IMAGE_RANGE_SLACK or high > 1 + _IMAGE_RANGE_SLACK:
+            raise ValueError(
+                f"`{name}` must hold values in [-1, 1] (e.g. uint8 pixels / 127.5 - 1), got values in "
+                f"[{low:.4g}, {high:.4g}]."
             )
 
     def _check_latents(self, latents: torch.Tensor) -> None:
@@ -228,6 +253,11 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
         """
         self._check_images(x, "x")
         latents = self._latents(x)
+        if not torch.isfinite(latents).all():
+            raise ValueError(
+                "the encoder produced non-finite latents from finite images `x`: the weights are not finite "
+                "(a diverged training?) or the dtype overflows."
+            )
         codes = self.quantizer(latents.permute(0, 2, 3, 1), update_codebook=False).codes
         if not return_dict:
             return (latents, codes)
@@ -254,6 +284,8 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
         """Decode codes `(B, h, w, d)` with `1 <= d <= code_depth` (fewer depths: coarser images)."""
         if isinstance(codes, torch.Tensor) and codes.ndim != 4:
             raise ValueError(f"`codes` must have shape (B, h, w, d), got shape {tuple(codes.shape)}.")
+        if isinstance(codes, torch.Tensor) and codes.shape[0] == 0:
+            raise ValueError(f"`codes` must hold at least one code map, got shape {tuple(codes.shape)}.")
         quantized = self.quantizer.embed_codes(codes)  # checks dtype, depth and range
         sample = self._decode_quantized(quantized.permute(0, 3, 1, 2))
         if not return_dict:
@@ -268,7 +300,8 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
         Returns:
             [`RQVAEOutput`] with the reconstruction, codes, commitment loss and codebook statistics.
         """
-        self._check_images(sample)
+        # In training, non-finite values are kept out of the codebook by the quantizer; the loss shows them.
+        self._check_images(sample, allow_non_finite=self.training)
         latents = self._latents(sample)
         quantizer_output = self.quantizer(latents.permute(0, 2, 3, 1))
         reconstruction = self._decode_quantized(quantizer_output.quantized.permute(0, 3, 1, 2))

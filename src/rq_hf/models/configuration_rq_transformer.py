@@ -35,6 +35,15 @@ class RQTransformerConfig(PreTrainedConfig):
     transformer runs causally over the `h * w` positions (raster order) and a small *depth* transformer runs
     causally over the `D` codes of each position.
 
+    The condition (`condition_type`) is one of:
+
+    - `"none"`: unconditional; a learned start token stands before the image positions;
+    - `"class"` (`num_classes` set): a class embedding stands there, plus a null class for guidance;
+    - `"text"` (`text_vocab_size` set): a prefix of `max_text_length` caption tokens (ids of a tokenizer,
+      padded with `text_pad_token_id`) with their own embedding table and positions stands there, as in the
+      official CC-3M models; the prefix positions also predict the next caption token (an auxiliary text loss
+      weighted by `text_loss_weight`, the image loss by `image_loss_weight`).
+
     Args:
         vocab_size (`int`, defaults to 16384):
             Size K of the RQ-VAE codebook; codes are integers in `[0, vocab_size)`.
@@ -63,6 +72,26 @@ class RQTransformerConfig(PreTrainedConfig):
         class_dropout_prob (`float`, defaults to 0.0):
             During training, the probability with which a class label is replaced by the null class (needed to
             sample with classifier-free guidance). Only allowed for class-conditional models.
+        text_vocab_size (`int`, *optional*):
+            Size of the caption tokenizer's vocabulary of a text-conditional model (official `vocab_size_cond`);
+            `None` for unconditional and class-conditional models. Exclusive with `num_classes`.
+        max_text_length (`int`, defaults to 32):
+            Number of caption tokens of a text-conditional model (official `block_size_cond`): captions are
+            padded or truncated to it. Only used by text-conditional models.
+        text_pad_token_id (`int`, defaults to 0):
+            Id of the padding token (`[PAD]`, id 0 in the official tokenizer). A caption of padding tokens
+            only is the empty caption: caption dropout trains it, and it is the unconditional branch of
+            classifier-free guidance when no negative prompt is given.
+        text_loss_weight (`float`, defaults to 0.1):
+            Weight of the caption-token cross-entropy in the loss of a text-conditional model (official
+            `txt_weight`).
+        image_loss_weight (`float`, defaults to 0.9):
+            Weight of the code cross-entropy in the loss of a text-conditional model (official `img_weight`);
+            the loss of other models is the code cross-entropy alone.
+        caption_dropout_prob (`float`, defaults to 0.0):
+            During training, the probability with which a caption is replaced by the empty caption (needed to
+            sample with classifier-free guidance; the official text models were trained without it). Only
+            allowed for text-conditional models.
         code_embedding_dim (`int`, defaults to 256):
             Width of the code embedding table (the RQ-VAE codebook width, official `input_embed_dim`);
             the code embeddings are projected to `hidden_size` by one Linear for the spatial input and
@@ -83,6 +112,11 @@ class RQTransformerConfig(PreTrainedConfig):
     ...                              num_spatial_layers=2, num_depth_layers=1, num_attention_heads=4,
     ...                              num_classes=10)
     >>> model = RQTransformerForCausalImageModeling(config)
+    >>> text_config = RQTransformerConfig(vocab_size=256, code_shape=[4, 4, 2], hidden_size=64,
+    ...                                   num_spatial_layers=2, num_depth_layers=1, num_attention_heads=4,
+    ...                                   text_vocab_size=1000, max_text_length=16, caption_dropout_prob=0.1)
+    >>> text_config.condition_type
+    'text'
     ```
     """
 
@@ -100,6 +134,12 @@ class RQTransformerConfig(PreTrainedConfig):
     embd_dropout: float = 0.0
     num_classes: int | None = None
     class_dropout_prob: float = 0.0
+    text_vocab_size: int | None = None
+    max_text_length: int = 32
+    text_pad_token_id: int = 0
+    text_loss_weight: float = 0.1
+    image_loss_weight: float = 0.9
+    caption_dropout_prob: float = 0.0
     code_embedding_dim: int = 256
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
@@ -117,15 +157,16 @@ class RQTransformerConfig(PreTrainedConfig):
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         _check_positive_int("intermediate_size", self.intermediate_size)
-        for name in ("resid_dropout", "attn_dropout", "embd_dropout", "class_dropout_prob"):
+        for name in ("resid_dropout", "attn_dropout", "embd_dropout", "class_dropout_prob", "caption_dropout_prob"):
             _check_probability(name, getattr(self, name))
         if self.num_classes is not None:
             _check_positive_int("num_classes", self.num_classes)
         elif self.class_dropout_prob > 0:
             raise ValueError(
-                "`class_dropout_prob` must be 0 for an unconditional model (`num_classes=None`), "
+                "`class_dropout_prob` must be 0 for a model without classes (`num_classes=None`), "
                 f"got {self.class_dropout_prob}."
             )
+        self._check_text_fields()
         _check_positive_number("initializer_range", self.initializer_range)
         _check_positive_number("layer_norm_eps", self.layer_norm_eps)
 
@@ -145,6 +186,34 @@ class RQTransformerConfig(PreTrainedConfig):
             self.id2label = None
             self.label2id = None
 
+    def _check_text_fields(self) -> None:
+        _check_positive_int("max_text_length", self.max_text_length)
+        if isinstance(self.text_pad_token_id, bool) or not isinstance(self.text_pad_token_id, int) or (
+            self.text_pad_token_id < 0
+        ):
+            raise ValueError(f"`text_pad_token_id` must be an integer >= 0, got {self.text_pad_token_id!r}.")
+        if not _is_number(self.text_loss_weight) or self.text_loss_weight < 0:
+            raise ValueError(f"`text_loss_weight` must be a number >= 0, got {self.text_loss_weight!r}.")
+        _check_positive_number("image_loss_weight", self.image_loss_weight)
+        if self.text_vocab_size is None:
+            if self.caption_dropout_prob > 0:
+                raise ValueError(
+                    "`caption_dropout_prob` must be 0 for a model without text (`text_vocab_size=None`), "
+                    f"got {self.caption_dropout_prob}."
+                )
+            return
+        _check_positive_int("text_vocab_size", self.text_vocab_size)
+        if self.num_classes is not None:
+            raise ValueError(
+                "`num_classes` must be None for a text-conditional model (`text_vocab_size` "
+                f"{self.text_vocab_size}): the condition is a class or a caption, got num_classes={self.num_classes}."
+            )
+        if self.text_pad_token_id >= self.text_vocab_size:
+            raise ValueError(
+                f"`text_pad_token_id` must lie in [0, text_vocab_size={self.text_vocab_size}), "
+                f"got {self.text_pad_token_id}."
+            )
+
     @staticmethod
     def _checked_code_shape(code_shape: object) -> list[int]:
         if not isinstance(code_shape, (list, tuple)) or len(code_shape) != 3 or any(
@@ -159,6 +228,18 @@ class RQTransformerConfig(PreTrainedConfig):
     def num_positions(self) -> int:
         """Number `h * w` of spatial positions of one code map."""
         return self.code_shape[0] * self.code_shape[1]
+
+    @property
+    def condition_type(self) -> str:
+        """`"text"` (`text_vocab_size` set), `"class"` (`num_classes` set) or `"none"` (unconditional)."""
+        if self.text_vocab_size is not None:
+            return "text"
+        return "none" if self.num_classes is None else "class"
+
+    @property
+    def condition_length(self) -> int:
+        """Number of condition tokens ahead of the image positions: `max_text_length` for text, else 1."""
+        return self.max_text_length if self.text_vocab_size is not None else 1
 
     @property
     def code_depth(self) -> int:

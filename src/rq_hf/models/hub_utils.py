@@ -1,4 +1,4 @@
-"""Model cards, Hub uploads and atomic saves shared by the rq-hf models and pipeline.
+"""Model cards, Hub uploads, atomic saves and checked loading shared by the rq-hf models and pipeline.
 
 This file sits beside the model files and is imported relatively, so that a saved folder that carries
 the model code (remote code) stays loadable without ``rq_hf`` installed.
@@ -6,16 +6,19 @@ the model code (remote code) stays loadable without ``rq_hf`` installed.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
 import os
-import shutil
 import tempfile
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .atomic_save import atomic_save_directory, finish_interrupted_commit
 
 PIPELINE_TAG = "unconditional-image-generation"
+TEXT_PIPELINE_TAG = "text-to-image"
 BASE_TAGS = ["rq-hf", "rq-vae", "rq-transformer", "image-generation"]
 PAPER = "https://arxiv.org/abs/2203.01941"
 
@@ -73,6 +76,7 @@ def build_model_card(
     library_name: str = "diffusers",
     extra_tags: list[str] | None = None,
     notes: str | None = None,
+    example_prompt: str | None = None,
 ) -> ModelCard:
     """Build the model card (``README.md``) of an rq-hf model or pipeline.
 
@@ -86,11 +90,19 @@ def build_model_card(
         library_name: ``library_name`` of the card metadata.
         extra_tags: tags added to the defaults.
         notes: free text appended to the description (e.g. provenance of converted weights).
+        example_prompt: a caption of a text-conditional model: the usage snippet passes it and the card's
+            pipeline tag is ``text-to-image``.
     """
     if kind not in _USAGE:
         raise ValueError(f"`kind` must be one of {sorted(_USAGE)}, got {kind!r}.")
     repo = repo_id or "<user>/<model>"
-    if class_names:
+    if example_prompt is not None:
+        call_args = (
+            f"prompt=[{json.dumps(example_prompt)}], guidance_scale=3.0, "
+            if kind == "pipeline"
+            else "text_ids=text_ids, "  # caption token ids (batch, max_text_length), see the notes
+        )
+    elif class_names:
         call_args = f"class_labels=[{json.dumps(class_names[0])}], " if kind == "pipeline" else "class_labels=[0], "
     elif kind == "pipeline":
         call_args = "num_images=4, "
@@ -99,7 +111,7 @@ def build_model_card(
     data = ModelCardData(
         license=license,
         library_name=library_name,
-        pipeline_tag=PIPELINE_TAG,
+        pipeline_tag=TEXT_PIPELINE_TAG if example_prompt is not None else PIPELINE_TAG,
         tags=BASE_TAGS + list(extra_tags or []),
     )
     lines = [
@@ -149,36 +161,6 @@ def push_folder_to_hub(
         )
 
 
-@contextlib.contextmanager
-def atomic_save_directory(save_directory: str | os.PathLike) -> Iterator[str]:
-    """Yield an empty staging folder beside ``save_directory``; move what was written there into place on success.
-
-    A save that fails or is interrupted while writing leaves an earlier folder at ``save_directory``
-    untouched and removes the staging folder. On success each top-level entry written replaces its
-    namesake; other entries already in ``save_directory`` (e.g. a training run's ``checkpoint-*``) stay.
-    """
-    save_directory = os.path.abspath(os.fspath(save_directory))
-    if os.path.isfile(save_directory):
-        raise ValueError(f"`save_directory` must be a folder, got the file {save_directory!r}.")
-    parent, name = os.path.split(save_directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.saving-", dir=parent)
-    try:
-        yield staging
-        os.makedirs(save_directory, exist_ok=True)
-        for entry in sorted(os.listdir(staging)):
-            source, target = os.path.join(staging, entry), os.path.join(save_directory, entry)
-            if os.path.isdir(target) and not os.path.islink(target):
-                retired = tempfile.mkdtemp(prefix=f".{entry}.old-", dir=save_directory)
-                os.replace(target, os.path.join(retired, entry))
-                os.replace(source, target)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(source, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def copy_module_sources(module_file: str | os.PathLike, destination: str | os.PathLike) -> list[str]:
     """Copy a module file and, recursively, the sibling files it imports relatively into ``destination``.
 
@@ -212,6 +194,120 @@ def copy_module_sources(module_file: str | os.PathLike, destination: str | os.Pa
     return written
 
 
+def _format_names(names: Any, limit: int = 8) -> str:
+    names = sorted(str(n) for n in names)
+    shown = ", ".join(names[:limit])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > limit else shown
+
+
+def describe_folder(folder: str) -> str | None:
+    """What a saved folder holds, from its `config.json` / `model_index.json` (None when neither is readable)."""
+    for name in ("config.json", "model_index.json"):
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(config, dict):
+            continue
+        kind = config.get("_class_name") or config.get("model_type")
+        if isinstance(kind, list):  # a pipeline saved with its code: [file, class]
+            kind = kind[-1]
+        if kind:
+            return f"{kind} ({'pipeline' if name == 'model_index.json' else 'model'} folder)"
+    return None
+
+
+def prepare_pretrained_path(
+    pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, expected: tuple | None = None
+) -> None:
+    """Checks before `from_pretrained` reads `pretrained_model_name_or_path`.
+
+    * A local path that does not exist is an error saying so (instead of a Hub "repo id" or connection error).
+    * A save into the folder that a killed process left half-done is finished first
+      (`atomic_save.finish_interrupted_commit`): the folder then holds the new save, complete.
+    * `expected` = `(config key, value, loader hint)`: the folder's `config.json` must have that value, so that
+      loading another kind of folder (e.g. an RQ-VAE folder into the transformer) names what the folder holds.
+    """
+    path = os.fspath(pretrained_model_name_or_path)
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise ValueError(
+                f"`pretrained_model_name_or_path` must be a folder or a Hub repo id, got the file {path!r}."
+            )
+        head = path.replace("\\", "/").split("/")[0]
+        try:
+            validate_repo_id(path)
+            looks_local = path.count("/") == 1 and head not in ("", ".", "..") and os.path.isdir(head)
+        except HFValidationError:
+            looks_local = True
+        if looks_local:
+            raise FileNotFoundError(
+                f"`pretrained_model_name_or_path` {path!r}: no such folder (and not a Hub repo id 'name' or "
+                "'namespace/name')."
+            )
+        return
+    for folder in (path, os.path.join(path, subfolder) if subfolder else None):
+        if folder is not None and os.path.isdir(folder):
+            finish_interrupted_commit(folder)
+    folder = os.path.join(path, subfolder) if subfolder else path
+    if expected is None:
+        return
+    key, value, hint = expected
+    config_path = os.path.join(folder, "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        held = describe_folder(folder)
+        raise ValueError(
+            f"{folder!r} has no config.json" + (f": it holds a {held}" if held else "") + f". {hint}"
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"{config_path!r} is not valid JSON ({err}).") from None
+    if not isinstance(config, dict) or config.get(key) != value:
+        held = describe_folder(folder) or "something else"
+        raise ValueError(f"{folder!r} holds a {held}, not a {value}. {hint}")
+
+
+def check_loading_info(model: Any, source: str, info: dict, strict: bool) -> None:
+    """Raise when the weights of `source` did not fill the model built from its config (unless not `strict`).
+
+    `info` is the `output_loading_info` dict of diffusers / transformers (`missing_keys`, `unexpected_keys`,
+    `mismatched_keys`). With `strict=False`, weights missing from the file are initialised as in a new model
+    (diffusers would leave them on the meta device) and unexpected ones are ignored.
+    """
+    missing = set(info.get("missing_keys") or ())
+    unexpected = set(info.get("unexpected_keys") or ())
+    mismatched = [m[0] if isinstance(m, (tuple, list)) else m for m in info.get("mismatched_keys") or ()]
+    if strict and (missing or unexpected or mismatched):
+        parts = []
+        if missing:
+            parts.append(f"missing from the weights: {_format_names(missing)}")
+        if unexpected:
+            parts.append(f"in the weights but not in the model: {_format_names(unexpected)}")
+        if mismatched:
+            parts.append(f"of another shape: {_format_names(mismatched)}")
+        raise ValueError(
+            f"The weights in {source!r} do not match the {type(model).__name__} built from its config.json ("
+            + "; ".join(parts)
+            + "). The config and the weights must come from the same save; to load into a changed architecture "
+            "on purpose (fine-tuning), pass `strict=False`: missing weights are then newly initialised and "
+            "unexpected ones ignored."
+        )
+    tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+    # only the missing ones: weights offloaded by a `device_map` also sit on the meta device, on purpose
+    on_meta = [name for name in missing if name in tensors and tensors[name].is_meta]
+    if on_meta:
+        from accelerate.utils import set_module_tensor_to_device
+
+        fresh = type(model).from_config(model.config)  # diffusers (transformers initialises missing weights)
+        fresh_tensors = dict(itertools.chain(fresh.named_parameters(), fresh.named_buffers()))
+        device = next((t.device for t in tensors.values() if not t.is_meta), "cpu")
+        for name in on_meta:
+            set_module_tensor_to_device(model, name, device, value=fresh_tensors[name].to(tensors[name].dtype))
+
+
 class RQHubMixin:
     """Atomic `save_pretrained` with a model card, and `push_to_hub` that uploads exactly that folder.
 
@@ -220,6 +316,23 @@ class RQHubMixin:
     """
 
     _model_card_kind = "rqvae"
+    #: `(config key, value, hint)` a folder's config.json must match (see `prepare_pretrained_path`).
+    _expected_config: tuple | None = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        """Load as the base class does, strictly: every weight of the model must be in the files and vice versa.
+
+        Missing, unexpected or differently shaped weights raise a `ValueError` naming them (a config that does
+        not match its weights). `strict=False` loads into a changed architecture on purpose (fine-tuning):
+        missing weights are newly initialised, unexpected ones ignored. A local folder that does not exist is
+        named as such, and a save into the folder that a killed process left half-done is finished first.
+        """
+        prepare_pretrained_path(pretrained_model_name_or_path, kwargs.get("subfolder"), cls._expected_config)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_loading_info(model, os.fspath(pretrained_model_name_or_path), info, strict)
+        return (model, info) if wants_info else model
 
     def _model_card_config(self) -> dict[str, Any]:
         config = self.config
@@ -233,6 +346,10 @@ class RQHubMixin:
     def _write_extra_files(self, folder: str) -> None:
         """Hook: write files besides those of the base `save_pretrained` (e.g. code)."""
 
+    def _model_card_extra(self) -> dict[str, Any]:
+        """Hook: more keyword arguments of `build_model_card` (e.g. `example_prompt`, `notes`)."""
+        return {}
+
     def model_card(self, repo_id: str | None = None, metrics: dict[str, Any] | None = None) -> ModelCard:
         """The model card (`README.md`) that `save_pretrained` writes and `push_to_hub` uploads."""
         return build_model_card(
@@ -242,6 +359,7 @@ class RQHubMixin:
             class_names=self._model_card_class_names(),
             metrics=metrics,
             library_name="transformers" if self._model_card_kind == "rq_transformer" else "diffusers",
+            **self._model_card_extra(),
         )
 
     def save_pretrained(

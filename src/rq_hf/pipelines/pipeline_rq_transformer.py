@@ -1,6 +1,9 @@
-"""RQTransformerPipeline: class-conditional or unconditional image generation with an RQ-VAE and an RQ-Transformer.
+"""RQTransformerPipeline: text-to-image, class-conditional or unconditional generation with an RQ-VAE and an
+RQ-Transformer.
 
-The pipeline samples a code map with the transformer's ``generate_codes`` and decodes it with the RQ-VAE.
+The pipeline samples a code map with the transformer's ``generate_codes`` and decodes it with the RQ-VAE; a
+text-conditional transformer gets its caption token ids from the pipeline's ``tokenizer`` (a transformers
+``PreTrainedTokenizerFast``, saved in ``tokenizer/``).
 A saved pipeline folder carries the code of the pipeline and of both models, so that
 ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it even where ``rq_hf`` is not
 installed, while ``RQTransformerPipeline.from_pretrained(folder)`` uses the installed ``rq_hf`` classes.
@@ -19,8 +22,12 @@ import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from ..models.hub_utils import RQHubMixin, copy_module_sources
+from ..lora import RQTransformerLoraLoaderMixin
+from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
+from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
+from ..models.tokenization_rq_transformer import tokenize_captions
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Files that hold each component's class in a saved folder (the folder's remote code).
@@ -32,7 +39,7 @@ def _as_size(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
+class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionPipeline):
     r"""Image generation with an RQ-Transformer over the residual codes of an RQ-VAE.
 
     Args:
@@ -41,20 +48,28 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
         id2label (`dict[int, str]`, *optional*): class names of a class-conditional transformer; when given,
             they are stored in `transformer.config.id2label` (and saved with it). As in `DiTPipeline`, a name may
             list synonyms separated by commas.
+        tokenizer ([`PreTrainedTokenizerFast`], *optional*): the caption tokenizer of a text-conditional
+            transformer (required for one, refused for others); its padding token must be the transformer's
+            `text_pad_token_id` and its vocabulary fit in `text_vocab_size`.
+
+    LoRA adapters (`rq_hf.lora`): `load_lora_weights(folder)`, `fuse_lora()` / `unfuse_lora()`,
+    `unload_lora_weights()`.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
+    _optional_components = ["tokenizer"]
 
-    def __init__(self, vqvae, transformer, id2label: dict[int, str] | None = None):
+    def __init__(self, vqvae, transformer, id2label: dict[int, str] | None = None, tokenizer=None):
         super().__init__()
         self._check_components(vqvae, transformer)
+        self._check_tokenizer(tokenizer, transformer)
         if id2label is not None:
             if transformer.config.num_classes is None:
                 raise ValueError("`id2label` was given but the transformer is unconditional (num_classes=None).")
             id2label = {int(k): str(v) for k, v in id2label.items()}
             transformer.config.id2label = id2label
             transformer.config.label2id = {v: k for k, v in id2label.items()}
-        self.register_modules(vqvae=vqvae, transformer=transformer)
+        self.register_modules(vqvae=vqvae, transformer=transformer, tokenizer=tokenizer)
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=vqvae.downsample_factor,
             do_convert_grayscale=vqvae.config.in_channels == 1,
@@ -81,6 +96,32 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             )
         if mismatches:
             raise ValueError("`vqvae` and `transformer` do not fit together: " + "; ".join(mismatches))
+
+    @staticmethod
+    def _check_tokenizer(tokenizer, transformer) -> None:
+        config = transformer.config
+        if config.condition_type != "text":
+            if tokenizer is not None:
+                raise ValueError(
+                    "`tokenizer` must be None: the transformer is not text-conditional "
+                    f"(condition_type={config.condition_type!r}), got {type(tokenizer).__name__}."
+                )
+            return
+        if tokenizer is None:
+            raise ValueError(
+                "`tokenizer` is required: the transformer is text-conditional "
+                f"(text_vocab_size={config.text_vocab_size}), got None."
+            )
+        if tokenizer.pad_token_id != config.text_pad_token_id:
+            raise ValueError(
+                f"`tokenizer` must pad with the transformer's text_pad_token_id={config.text_pad_token_id}, "
+                f"got pad_token_id={tokenizer.pad_token_id} ({tokenizer.pad_token!r})."
+            )
+        if len(tokenizer) > config.text_vocab_size:
+            raise ValueError(
+                f"`tokenizer` must have at most text_vocab_size={config.text_vocab_size} tokens, "
+                f"got {len(tokenizer)}."
+            )
 
     # ------------------------------------------------------------------ class names
     @property
@@ -144,6 +185,76 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             )
         return torch.tensor(ids, dtype=torch.long), len(ids)
 
+    # ------------------------------------------------------------------ prompts
+    def tokenize_prompt(self, prompt: str | list[str]) -> torch.LongTensor:
+        """Caption token ids of a text-conditional transformer, long (len(prompt), max_text_length): lowercased
+        and tokenized by the pipeline's tokenizer, padded / truncated to the transformer's `max_text_length`."""
+        if self.tokenizer is None:
+            raise ValueError("`prompt` needs a text-conditional pipeline (with a tokenizer); this one has none.")
+        return tokenize_captions(self.tokenizer, prompt, self.transformer.config.max_text_length)
+
+    @staticmethod
+    def _prompt_list(name: str, prompt: Any) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"`{name}` must be a string or a non-empty list of strings, got {prompt!r}.")
+        return list(prompts)
+
+    def _condition(
+        self, class_labels, prompt, negative_prompt, num_images, num_images_per_prompt
+    ) -> tuple[dict[str, Any], int]:
+        """The condition arguments of `generate_codes` and the number of images."""
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or (
+            num_images_per_prompt < 1
+        ):
+            raise ValueError(f"`num_images_per_prompt` must be a positive int, got {num_images_per_prompt!r}.")
+        config = self.transformer.config
+        kind = config.condition_type
+        if kind != "text":
+            if prompt is not None or negative_prompt is not None:
+                name = "prompt" if prompt is not None else "negative_prompt"
+                instead = (
+                    f"class-conditional ({config.num_classes} classes): pass `class_labels`"
+                    if kind == "class"
+                    else "unconditional: pass `num_images`"
+                )
+                raise ValueError(f"`{name}` is only for text-conditional transformers; this transformer is {instead}.")
+            if kind == "none" and num_images_per_prompt != 1:
+                raise ValueError(
+                    "`num_images_per_prompt` must be 1 for an unconditional transformer (use `num_images`), "
+                    f"got {num_images_per_prompt}."
+                )
+            labels, batch_size = self._class_label_tensor(class_labels, num_images)
+            if labels is None:
+                return {}, batch_size
+            return {"class_labels": labels.repeat_interleave(num_images_per_prompt)}, batch_size * num_images_per_prompt
+
+        if class_labels is not None:
+            raise ValueError(
+                "`class_labels` must be None for a text-conditional transformer: pass the caption as `prompt=`, "
+                f"got class_labels={class_labels!r}."
+            )
+        if prompt is None:
+            raise ValueError("`prompt` is required: the transformer is text-conditional, got None.")
+        prompts = self._prompt_list("prompt", prompt)
+        batch_size = len(prompts) * num_images_per_prompt
+        if num_images is not None and num_images != batch_size:
+            raise ValueError(
+                f"`num_images` ({num_images}) must be None or equal len(prompt) * num_images_per_prompt ({batch_size})."
+            )
+        kwargs = {"text_ids": self.tokenize_prompt(prompts).repeat_interleave(num_images_per_prompt, dim=0)}
+        if negative_prompt is not None:
+            negatives = self._prompt_list("negative_prompt", negative_prompt)
+            if len(negatives) == 1:
+                negatives = negatives * len(prompts)
+            if len(negatives) != len(prompts):
+                raise ValueError(
+                    f"`negative_prompt` must be one string or one per prompt ({len(prompts)}), got {len(negatives)}."
+                )
+            negative_ids = self.tokenize_prompt(negatives).repeat_interleave(num_images_per_prompt, dim=0)
+            kwargs["negative_text_ids"] = negative_ids
+        return kwargs, batch_size
+
     def _prefix_codes(self, image, batch_size: int, num_prefix_positions: int, device) -> torch.Tensor | None:
         h, w, _ = self.transformer.config.code_shape
         if image is None:
@@ -152,8 +263,19 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                     f"`num_prefix_positions` must be 0 when no `image` is given, got {num_prefix_positions}."
                 )
             return None
+        if num_prefix_positions == 0:
+            raise ValueError(
+                "`num_prefix_positions` must be > 0 when an `image` is given (the number of its code positions to "
+                "keep), got 0."
+            )
         factor = self.vqvae.downsample_factor
         pixels = self.image_processor.preprocess(image, height=h * factor, width=w * factor)
+        low, high = ((float(v) + 1) / 2 for v in torch.aminmax(pixels))  # preprocess maps [0, 1] to [-1, 1]
+        if not (-0.25 <= low and high <= 1.25):  # NaN fails too; a small overshoot of resampling is fine
+            raise ValueError(
+                "`image` must be PIL images, uint8 arrays, or float arrays / tensors with values in [0, 1], got "
+                f"float values in [{low:.4g}, {high:.4g}] (divide 0..255 values by 255)."
+            )
         pixels = pixels.to(device=device, dtype=self.vqvae.dtype)
         codes = self.vqvae.encode(pixels).codes
         if codes.shape[0] == 1 and batch_size > 1:
@@ -178,17 +300,24 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[..., Any] | None = None,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        compile: bool | str = False,
         guidance_schedule: str = "constant",
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
         Args:
             class_labels: class ids or names (resolved through `id2label`) of a class-conditional model, one per
-                image; `None` for an unconditional model.
-            num_images: number of images of an unconditional model (default 1).
+                image (times `num_images_per_prompt`); `None` for other models.
+            num_images: number of images of an unconditional model (default 1); for conditional models `None`
+                or the number of images the condition gives.
             top_k, top_p: sampling filters, one value or one per code depth.
             temperature: softmax temperature (> 0).
-            guidance_scale: classifier-free guidance scale for class-conditional models (1 = no guidance).
+            guidance_scale: classifier-free guidance scale for class- and text-conditional models (1 = no
+                guidance). The unconditional branch (the null class, or `negative_prompt` / the empty caption)
+                runs in the same batch as the conditional one.
             guidance_schedule: `"constant"`, or a ramp of the scale over the code positions from 1 to
                 `guidance_scale`: `"linear"` or `"cosine"` (see `generate_codes`).
             generator: a `torch.Generator`, or one per image for per-image reproducibility.
@@ -200,15 +329,27 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             return_dict: return an `ImagePipelineOutput` (else a tuple).
             callback_on_step_end: called as `callback_on_step_end(pipe, step, step, {"codes": codes})` after each
                 sampled code position; `codes` (B, h, w, D) holds the positions sampled so far.
+            prompt: the caption(s) of a text-conditional model, one per group of `num_images_per_prompt`
+                images; refused by other models.
+            negative_prompt: with `guidance_scale != 1`, the caption(s) of the unconditional branch (one, or one
+                per prompt; ignored without guidance); default the empty caption.
+            num_images_per_prompt: images per prompt (or per class label).
+            compile: decode with static key/value caches and `torch.compile`d steps (CUDA graphs on a GPU), as
+                `generate_codes(compile=...)`: `True` or a `torch.compile` mode; the first call compiles.
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        labels, batch_size = self._class_label_tensor(class_labels, num_images)
+        device = self._execution_device
+        condition, batch_size = self._condition(
+            class_labels, prompt, negative_prompt, num_images, num_images_per_prompt
+        )
+        if guidance_scale == 1.0:
+            condition.pop("negative_text_ids", None)
+        condition = {name: value.to(device) for name, value in condition.items()}
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"`generator` list must hold {batch_size} generators (one per image), got {len(generator)}."
             )
-        device = self._execution_device
         prefix = self._prefix_codes(image, batch_size, num_prefix_positions, device)
 
         h, w, _ = self.transformer.config.code_shape
@@ -219,9 +360,12 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                 if callback_on_step_end is not None:
                     callback_on_step_end(self, position, position, {"codes": codes})
 
-            codes = self.transformer.generate_codes(
+            # `generate_codes` is not `forward`: apply the offload hook of `enable_model_cpu_offload` to it
+            generate_codes = apply_forward_hook(type(self.transformer).generate_codes)
+            codes = generate_codes(
+                self.transformer,
                 batch_size=batch_size,
-                class_labels=None if labels is None else labels.to(device),
+                **condition,
                 top_k=top_k,
                 top_p=top_p,
                 temperature=temperature,
@@ -231,6 +375,7 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
                 prefix_codes=prefix,
                 num_prefix_positions=num_prefix_positions,
                 callback=on_position,
+                compile=compile,
             )
 
         if output_type == "latent":
@@ -245,43 +390,59 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
 
     # ------------------------------------------------------------------ saving, loading, sharing
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, strict: bool = True, **kwargs):
         """Load a pipeline saved with `save_pretrained`: a local folder or a Hub repository id.
 
         Components load with the installed `rq_hf` classes (the code saved in the folder serves
         `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` instead). Accepts `dtype` (or a dict
         name -> dtype), `revision`, `cache_dir`, `token`, `local_files_only`; components may be passed as
-        `vqvae=` / `transformer=`. A component whose weight file is missing, corrupt, or does not match its
-        config raises instead of leaving parameters on the meta device.
+        `vqvae=` / `transformer=` / `tokenizer=`. Loading is strict: a component whose weights do not match its
+        config (missing, unexpected or differently shaped weights) raises, naming them; `strict=False` loads a
+        changed architecture on purpose (missing weights newly initialised, unexpected ones ignored). The
+        tokenizer of a text-conditional pipeline loads from `tokenizer/` with transformers.
         """
+        prepare_pretrained_path(pretrained_model_name_or_path)
         package = cls.__module__.rsplit(".", 2)[0]
         if not package.startswith("rq_hf"):  # this class was itself loaded from a folder's code
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            return super(RQHubMixin, cls).from_pretrained(pretrained_model_name_or_path, **kwargs)
         folder = os.fspath(pretrained_model_name_or_path)
         hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in kwargs}
         if not os.path.isdir(folder):
             folder = DiffusionPipeline.download(folder, **hub_kwargs)
-        with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
-            index = json.load(f)
+        index_path = os.path.join(folder, "model_index.json")
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                index = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(
+                f"{folder!r} has no model_index.json: not a pipeline folder"
+                + (f" (it holds a {describe_folder(folder)})" if describe_folder(folder) else "")
+                + ". Load a model folder with its own class (RQVAEModel / RQTransformerForCausalImageModeling)."
+            ) from None
+        except ValueError as err:
+            raise ValueError(f"{index_path!r} is not valid JSON ({err}).") from None
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         id2label = kwargs.pop("id2label", None)
-        components = {}
+        components = {"tokenizer": kwargs.pop("tokenizer")} if "tokenizer" in kwargs else {}
+        tokenizer_entry = index.get("tokenizer") or [None, None]
+        if "tokenizer" not in components and tokenizer_entry[0] is not None:
+            import transformers
+
+            tokenizer_class = getattr(transformers, tokenizer_entry[1], transformers.AutoTokenizer)
+            components["tokenizer"] = tokenizer_class.from_pretrained(os.path.join(folder, "tokenizer"))
         for name, module_file in _COMPONENT_FILES.items():
             if name in kwargs:
                 components[name] = kwargs.pop(name)
                 continue
-            class_name = index[name][1]
+            entry = index.get(name) if isinstance(index, dict) else None
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str)):
+                raise ValueError(f"{index_path!r} must name the `{name}` component as [module, class], got {entry!r}.")
             module = importlib.import_module(f"{package}.models.{module_file}")
             component_dtype = dtype.get(name, dtype.get("default")) if isinstance(dtype, dict) else dtype
             load_kwargs = {"dtype": component_dtype} if component_dtype is not None else {}
-            component = getattr(module, class_name).from_pretrained(os.path.join(folder, name), **load_kwargs, **kwargs)
-            meta = [n for n, t in component.state_dict().items() if t.device.type == "meta"]
-            if meta:
-                raise ValueError(
-                    f"{pretrained_model_name_or_path!r}: the weights of `{name}` lack {len(meta)} tensors "
-                    f"(e.g. {meta[:3]}): the folder does not match its config or is incomplete."
-                )
-            components[name] = component
+            components[name] = getattr(module, entry[1]).from_pretrained(
+                os.path.join(folder, name), strict=strict, **load_kwargs, **kwargs
+            )
         pipe = cls(**components, id2label=id2label)
         pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
         return pipe
@@ -289,7 +450,13 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
     _model_card_kind = "pipeline"
 
     def _model_card_config(self) -> dict[str, Any]:
-        return {"vqvae": self.vqvae._model_card_config(), "transformer": self.transformer._model_card_config()}
+        config = {"vqvae": self.vqvae._model_card_config(), "transformer": self.transformer._model_card_config()}
+        if self.tokenizer is not None:
+            config["tokenizer"] = {"class": type(self.tokenizer).__name__, "vocab_size": len(self.tokenizer)}
+        return config
+
+    def _model_card_extra(self) -> dict[str, Any]:
+        return self.transformer._model_card_extra()
 
     def _model_card_class_names(self) -> list[str] | None:
         return [self.id2label[i] for i in sorted(self.id2label)] or None
@@ -304,5 +471,9 @@ class RQTransformerPipeline(RQHubMixin, DiffusionPipeline):
             component = getattr(self, name)
             copy_module_sources(sys.modules[type(component).__module__].__file__, os.path.join(folder, name))
             index[name] = [module_file, type(component).__name__]
+        from transformers import PreTrainedTokenizerFast
+
+        if isinstance(self.tokenizer, PreTrainedTokenizerFast):  # its transformers 4 and 5 name
+            index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]
         with open(index_path, "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)

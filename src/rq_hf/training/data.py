@@ -30,6 +30,7 @@ __all__ = [
     "ROW_INDEX_COLUMN",
     "ImageBatchTransform",
     "ImageTransform",
+    "check_caption_column",
     "check_image_dataset",
     "collate_images",
     "load_fashion_mnist",
@@ -190,11 +191,14 @@ def check_image_dataset(
     image_column: str = "image",
     label_column: str | None = None,
     source: str = "dataset",
+    caption_column: str | None = None,
 ) -> None:
-    """Raise ``ValueError`` if ``dataset`` is empty, lacks ``image_column`` / ``label_column``, or if
-    ``image_column`` is not an ``Image`` feature. Messages name the argument and list the columns."""
+    """Raise ``ValueError`` if ``dataset`` is empty, lacks ``image_column`` / ``label_column`` /
+    ``caption_column``, if ``image_column`` is not an ``Image`` feature or ``caption_column`` not a string
+    ``Value``. Messages name the argument and list the columns."""
     if len(dataset) == 0:
         raise ValueError(f"load_image_dataset: {source} is empty (0 rows)")
+    check_caption_column(dataset, caption_column, source)
     for argument, column in (("image_column", image_column), ("label_column", label_column)):
         if column is not None and column not in dataset.column_names:
             raise ValueError(
@@ -207,6 +211,20 @@ def check_image_dataset(
             f"load_image_dataset: `image_column` {image_column!r} must be a datasets.Image feature, "
             f"got {feature}"
         )
+
+
+def check_caption_column(dataset: datasets.Dataset, caption_column: str | None, source: str = "dataset") -> None:
+    """Raise ``ValueError`` unless ``caption_column`` (when given) is a string column of ``dataset``."""
+    if caption_column is None:
+        return
+    if caption_column not in dataset.column_names:
+        raise ValueError(
+            f"`caption_column` {caption_column!r} is not a column of {source}; available columns: "
+            f"{dataset.column_names}"
+        )
+    feature = dataset.features[caption_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise ValueError(f"`caption_column` {caption_column!r} of {source} must hold strings, got {feature}")
 
 
 def _is_saved_dataset(path: str) -> bool:
@@ -329,8 +347,8 @@ class ImageBatchTransform:
       Chosen so that one bad file among millions does not stop a long run.
     - ``"raise"``: a ``ValueError`` naming the file (and row) stops the run.
 
-    Output rows: ``pixel_values`` (tensor or None), ``class_labels`` (when ``label_column`` is given) and
-    ``image_source`` (the file path, or ``"<bytes>"``).
+    Output rows: ``pixel_values`` (tensor or None), ``class_labels`` (when ``label_column`` is given),
+    ``captions`` (when ``caption_column`` is given) and ``image_source`` (the file path, or ``"<bytes>"``).
 
     Random augmentations (``seed``): with ``seed=None`` the transform draws from torch's global RNG. With
     an int ``seed``, each row gets its own ``torch.Generator`` seeded from ``(seed, epoch, row index)``
@@ -347,6 +365,7 @@ class ImageBatchTransform:
         label_column: str | None = None,
         on_decode_error: str = "skip",
         seed: int | None = None,
+        caption_column: str | None = None,
     ):
         if on_decode_error not in ("skip", "raise"):
             raise ValueError(
@@ -359,6 +378,7 @@ class ImageBatchTransform:
         self.transform = transform
         self.image_column = image_column
         self.label_column = label_column
+        self.caption_column = caption_column
         self.on_decode_error = on_decode_error
         self.num_skipped = 0
         self._decoder = datasets.Image()
@@ -397,6 +417,8 @@ class ImageBatchTransform:
         out: dict[str, list[Any]] = {"pixel_values": pixel_values, "image_source": sources}
         if self.label_column is not None:
             out["class_labels"] = list(batch[self.label_column])
+        if self.caption_column is not None:
+            out["captions"] = list(batch[self.caption_column])
         return out
 
 
@@ -420,24 +442,27 @@ def with_image_transform(
     label_column: str | None = None,
     on_decode_error: str = "skip",
     seed: int | None = None,
+    caption_column: str | None = None,
 ) -> datasets.Dataset:
     """Return ``dataset`` with ``image_column`` cast to ``Image(decode=False)`` and an
     :class:`ImageBatchTransform` set with ``with_transform`` (rows are transformed lazily on access).
 
-    Only ``image_column`` and ``label_column`` are read. See :class:`ImageBatchTransform` for the rows
-    it yields, ``on_decode_error`` and ``seed`` (which adds a :data:`ROW_INDEX_COLUMN` column). The
+    Only ``image_column``, ``label_column`` and ``caption_column`` are read. See :class:`ImageBatchTransform`
+    for the rows it yields, ``on_decode_error`` and ``seed`` (which adds a :data:`ROW_INDEX_COLUMN` column). The
     transform object is ``dataset.format["format_kwargs"]["transform"]``; call its ``set_epoch`` before
     each epoch (``rq_hf.training.script_utils.iterate_epochs`` does).
     """
-    check_image_dataset(dataset, image_column=image_column, label_column=label_column)
+    check_image_dataset(dataset, image_column=image_column, label_column=label_column, caption_column=caption_column)
     dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-    columns = [image_column] + ([label_column] if label_column is not None else [])
+    columns = [image_column] + [c for c in (label_column, caption_column) if c is not None]
     if seed is not None:
         if ROW_INDEX_COLUMN in dataset.column_names:
             dataset = dataset.remove_columns(ROW_INDEX_COLUMN)
         dataset = dataset.add_column(ROW_INDEX_COLUMN, np.arange(len(dataset), dtype=np.int64))
         columns.append(ROW_INDEX_COLUMN)
-    batch_transform = ImageBatchTransform(transform, image_column, label_column, on_decode_error, seed=seed)
+    batch_transform = ImageBatchTransform(
+        transform, image_column, label_column, on_decode_error, seed=seed, caption_column=caption_column
+    )
     return dataset.with_transform(batch_transform, columns=columns)
 
 
@@ -445,7 +470,8 @@ def collate_images(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Collate rows of :func:`with_image_transform`, dropping those whose image could not be decoded.
 
     Returns ``{"pixel_values": (B', C, H, W) float tensor, or None when every row was dropped,
-    "class_labels": (B',) long tensor (when present), "num_skipped": int}``. A training loop must skip a
+    "class_labels": (B',) long tensor (when present), "captions": list of B' strings (when present),
+    "num_skipped": int}``. A training loop must skip a
     batch whose ``pixel_values`` is None (under DDP, all processes must then skip together, e.g. by an
     all-reduce of the flag, or the collective ops will wait forever).
     """
@@ -457,4 +483,6 @@ def collate_images(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
     if examples and "class_labels" in examples[0]:
         batch["class_labels"] = torch.tensor([e["class_labels"] for e in kept], dtype=torch.long)
+    if examples and "captions" in examples[0]:
+        batch["captions"] = [e["captions"] for e in kept]
     return batch

@@ -37,9 +37,11 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
     finish(accelerator, args, model_to_save)   # save_pretrained + card + push
 
 Checkpoints are folders ``output_dir/checkpoint-<step>`` written by ``accelerator.save_state`` on every
-process into a temporary folder that the main process renames when all processes are done, so a folder
-named ``checkpoint-<step>`` is always complete (a run killed mid-save leaves only a ``.tmp`` folder that
-the next save removes). ``--checkpoints_total_limit`` removes the oldest ones before a new one is written.
+process into a hidden staging folder that the main process moves into place when all processes are done
+(``rq_hf.models.atomic_save``), so a folder named ``checkpoint-<step>`` is always complete (a run killed
+mid-save leaves only the staging folder, which the next save removes). ``--checkpoints_total_limit`` removes
+the oldest ones only after the new one is complete; ``--resume_from_checkpoint latest`` skips incomplete
+folders, naming them.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "CHECKPOINT_MANIFEST",
     "FASHION_MNIST_NAME",
     "KNOWN_TRACKERS",
     "MetricsLog",
@@ -68,6 +72,7 @@ __all__ = [
     "add_debug_args",
     "add_optimization_args",
     "check_common_args",
+    "checkpoint_problem",
     "compute_schedule",
     "count_skipped_images",
     "debug_hooks_after_step",
@@ -86,6 +91,7 @@ __all__ = [
     "reduce_step_values",
     "resolve_report_to",
     "resolve_resume_checkpoint",
+    "run_cli",
     "save_checkpoint",
     "write_model_card",
 ]
@@ -98,7 +104,10 @@ FASHION_MNIST_NAME = "fashion_mnist"
 #: Trackers ``--report_to`` accepts, with the module that must be importable.
 KNOWN_TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 CHECKPOINT_PREFIX = "checkpoint-"
+#: File of a checkpoint folder listing its files and their sizes (see :func:`checkpoint_problem`).
+CHECKPOINT_MANIFEST = "rq_hf_checkpoint.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+_LEGACY_STAGING_RE = re.compile(r"^checkpoint-(\d+)\.tmp$")
 
 
 # ============================================================================================ arguments
@@ -199,7 +208,11 @@ def add_optimization_args(
         "--max_grad_norm", type=float, default=max_grad_norm,
         help="Gradient clipping norm (<= 0: no clipping).",
     )
-    group.add_argument("--seed", type=int, default=0, help="Seed of every random number generator.")
+    group.add_argument(
+        "--seed", type=int, default=0,
+        help="Seed of the data order and augmentations; process i seeds its other random numbers (dropout, "
+        "class dropout, stochastic codes) with seed + i.",
+    )
     group.add_argument(
         "--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
         help="Autocast precision; defaults to the accelerate config. The quantizer always stays in fp32.",
@@ -368,7 +381,9 @@ def make_accelerator(args: argparse.Namespace):
         mixed_precision=args.mixed_precision,
         log_with=trackers or None,
         project_config=project_config,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # the shuffling seed is --seed on every process (by default accelerate takes the global seed, which
+        # differs between processes below)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
@@ -377,7 +392,9 @@ def make_accelerator(args: argparse.Namespace):
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
     if args.seed is not None:
-        set_seed(args.seed)
+        # --seed + process index: dropout, class dropout and stochastic codes differ between processes (the
+        # data order does not: the loaders shuffle with their own generator seeded with --seed).
+        set_seed(args.seed, device_specific=True)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
     return accelerator
@@ -569,32 +586,80 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
         progress.batches_in_epoch = 0
 
 
-def get_last_checkpoint(output_dir: str) -> str | None:
-    """The complete ``checkpoint-<step>`` folder with the highest step in ``output_dir``, or None."""
+def checkpoint_problem(path: str) -> str | None:
+    """None when ``path`` is a complete checkpoint, else what is wrong with it.
+
+    A checkpoint written by :func:`save_checkpoint` lists its files and their sizes in
+    ``rq_hf_checkpoint.json``; all must be there. One written before that file existed must hold at least
+    accelerate's model, optimizer and random-state files.
+    """
+    manifest = os.path.join(path, CHECKPOINT_MANIFEST)
+    if not os.path.isfile(manifest):
+        names = set(os.listdir(path)) if os.path.isdir(path) else set()
+        needed = [n for n in ("optimizer.bin", "random_states_0.pkl") if n not in names]
+        if not names & {"model.safetensors", "pytorch_model.bin"}:
+            needed.insert(0, "model.safetensors")
+        return f"no {CHECKPOINT_MANIFEST}, and {', '.join(needed)} missing" if needed else None
+    try:
+        with open(manifest, encoding="utf-8") as f:
+            files = json.load(f)["files"]
+        for name, size in files.items():
+            full = os.path.join(path, name)
+            if not os.path.isfile(full):
+                return f"{name} is missing"
+            if os.path.getsize(full) != size:
+                return f"{name} has {os.path.getsize(full)} bytes instead of {size}"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"unreadable {CHECKPOINT_MANIFEST} ({err})"
+    return None
+
+
+def _checkpoint_steps(output_dir: str) -> list[tuple[int, str]]:
+    """``(step, name)`` of the ``checkpoint-<step>`` folders in ``output_dir``, oldest first."""
     if not os.path.isdir(output_dir):
-        return None
-    steps = [int(m.group(1)) for name in os.listdir(output_dir) if (m := _CHECKPOINT_RE.match(name))
-             and os.path.isdir(os.path.join(output_dir, name))]
-    return os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{max(steps)}") if steps else None
+        return []
+    return sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
+                  if (m := _CHECKPOINT_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name)))
+
+
+def get_last_checkpoint(output_dir: str) -> str | None:
+    """The complete ``checkpoint-<step>`` folder with the highest step in ``output_dir``, or None.
+
+    Newer folders that are not complete (see :func:`checkpoint_problem`) are skipped with a warning naming
+    them; staging folders of saves in progress or killed (hidden names) are never candidates.
+    """
+    for _, name in reversed(_checkpoint_steps(output_dir)):
+        path = os.path.join(output_dir, name)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        logger.warning("Skipping the incomplete checkpoint %s: %s", path, problem)
+    return None
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
     """Turn ``--resume_from_checkpoint`` into a folder to ``load_state`` from (or None: fresh run).
 
     ``"latest"`` picks :func:`get_last_checkpoint` (a fresh run, with a log line, when there is none); any
-    other value must be an existing folder (``ValueError`` otherwise).
+    other value must be an existing, complete checkpoint folder (``ValueError`` otherwise).
     """
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint == "latest":
         path = get_last_checkpoint(output_dir)
         if path is None:
-            logger.info("--resume_from_checkpoint latest: no checkpoint in %s; new run", output_dir)
+            logger.info("--resume_from_checkpoint latest: no complete checkpoint in %s; new run", output_dir)
         return path
     if not os.path.isdir(resume_from_checkpoint):
         raise ValueError(
             "`--resume_from_checkpoint` must be 'latest' or an existing checkpoint folder, got "
             f"{resume_from_checkpoint!r} (not a folder)"
+        )
+    problem = checkpoint_problem(resume_from_checkpoint)
+    if problem is not None:
+        raise ValueError(
+            f"`--resume_from_checkpoint` must be a complete checkpoint folder, got {resume_from_checkpoint!r} "
+            f"({problem})"
         )
     return resume_from_checkpoint
 
@@ -602,30 +667,44 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
     """``accelerator.save_state`` into ``output_dir/checkpoint-<step>`` on EVERY process; returns the folder.
 
-    Written into ``checkpoint-<step>.tmp`` and renamed by the main process once all processes are done, so
-    a ``checkpoint-<step>`` folder is always complete. With ``total_limit``, the oldest checkpoints are
-    removed first so that at most ``total_limit`` remain after the save.
+    Written into a hidden staging folder beside it (``rq_hf.models.atomic_save``) with a manifest of its files,
+    and moved into place by the main process once all processes are done: a folder named
+    ``checkpoint-<step>`` is always complete. Only then, with ``total_limit``, are the oldest checkpoints
+    removed so that at most ``total_limit`` remain. A failed save (e.g. a full disk) leaves the earlier
+    checkpoints as they were; the staging folder of a killed save is removed by the next save.
     """
+    from accelerate.utils import broadcast_object_list
+
+    from rq_hf.models.atomic_save import commit, new_staging_dir, remove_tree
+
     final = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{step}")
-    tmp = final + ".tmp"
-    if accelerator.is_main_process:
-        if total_limit is not None:
-            existing = sorted(
-                (int(m.group(1)), name) for name in os.listdir(output_dir)
-                if (m := _CHECKPOINT_RE.match(name)) and int(m.group(1)) != step
-            )
-            for _, name in existing[: max(0, len(existing) - total_limit + 1)]:
-                logger.info("Removing old checkpoint %s (--checkpoints_total_limit %d)", name, total_limit)
-                shutil.rmtree(os.path.join(output_dir, name))
-        for stale in (tmp, final):
-            if os.path.exists(stale):
-                shutil.rmtree(stale)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        os.replace(tmp, final)
-        logger.info("Saved state to %s", final)
+    staging = [new_staging_dir(final) if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(staging)  # every process writes into the main process's staging folder
+    staging = staging[0]
+    try:
+        accelerator.save_state(staging)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {os.path.relpath(os.path.join(root, f), staging): os.path.getsize(os.path.join(root, f))
+                     for root, _, names in os.walk(staging) for f in names}
+            with open(os.path.join(staging, CHECKPOINT_MANIFEST), "w", encoding="utf-8") as f:
+                json.dump({"step": step, "files": files}, f, indent=1)
+            commit(staging, final, replace="all")
+            logger.info("Saved state to %s", final)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:  # `checkpoint-<step>.tmp`: staging of earlier versions, never resumable
+        for name in os.listdir(output_dir):
+            if _LEGACY_STAGING_RE.match(name):
+                remove_tree(os.path.join(output_dir, name))
+    if accelerator.is_main_process and total_limit is not None:
+        older = [name for s, name in _checkpoint_steps(output_dir) if s != step]
+        for name in older[: max(0, len(older) + 1 - total_limit)]:
+            logger.info("Removing old checkpoint %s (--checkpoints_total_limit %d)", name, total_limit)
+            remove_tree(os.path.join(output_dir, name))
     accelerator.wait_for_everyone()
     return final
 
@@ -744,6 +823,8 @@ def write_model_card(output_dir: str, *, title: str, description: str, tags: lis
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    from rq_hf.models.atomic_save import atomic_save_directory
+
     path = os.path.join(output_dir, "README.md")
     section = f"## Training\n\n{description}\n"
     if args is not None:
@@ -756,7 +837,8 @@ def write_model_card(output_dir: str, *, title: str, description: str, tags: lis
     else:
         data = ModelCardData(library_name="diffusers", tags=tags, pipeline_tag=pipeline_tag)
         card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{section}")
-    card.save(path)
+    with atomic_save_directory(output_dir, replace="entries") as staging:  # never a half-written card
+        card.save(os.path.join(staging, "README.md"))
     return path
 
 
@@ -776,3 +858,27 @@ def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of t
     model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message,
                       **kwargs)
     return repo_id
+
+
+# ============================================================================================ command line
+
+
+def run_cli(
+    main: Callable[[list[str] | None], Any],
+    build_parser: Callable[[], argparse.ArgumentParser],
+    argv: list[str] | None = None,
+    errors: tuple[type[BaseException], ...] = (),
+) -> None:
+    """The ``__main__`` entry of a script: run ``main(argv)``, reporting errors of the call as argparse does.
+
+    A bad flag or input (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``NotADirectoryError`` or
+    one of ``errors``) prints the script's usage line and ``<prog>: error: <message>`` and exits with status 2,
+    instead of a traceback; a run stopped by :class:`NonFiniteLossError` prints its message and exits with 1.
+    """
+    try:
+        main(argv)
+    except NonFiniteLossError as err:
+        print(f"{build_parser().prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, *errors) as err:
+        build_parser().error(str(err))
