@@ -3,7 +3,8 @@
 
 Runs as ``python examples/train_rq_transformer.py ...``, ``accelerate launch ...`` on one or many processes,
 or ``ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 examples/train_rq_transformer.py ...`` for two real
-CPU processes. Example (the Fashion-MNIST quickstart model, offline, class-conditional)::
+CPU processes; sharded (FSDP2, DeepSpeed ZeRO) with ``accelerate launch --config_file examples/configs/fsdp.yaml``
+(``rq_hf.training.sharding``). Example (the Fashion-MNIST quickstart model, offline, class-conditional)::
 
     python examples/train_rq_transformer.py --vqvae_model_name_or_path rqvae-fmnist \\
         --dataset_name fashion_mnist --class_label_column label --validation_split test \\
@@ -716,6 +717,7 @@ def main(argv: list[str] | None = None) -> str:
         resolve_resume_checkpoint,
         write_model_card,
     )
+    from rq_hf.training.sharding import configure_sharding, full_model_on_main, scalar
 
     accelerator = make_accelerator(args)
     device = accelerator.device
@@ -879,6 +881,7 @@ def main(argv: list[str] | None = None) -> str:
         eps=args.adam_epsilon,
     )
     lr_scheduler = make_lr_scheduler(optimizer, args, schedule, accelerator.num_processes)
+    configure_sharding(accelerator, model, args)  # FSDP/DeepSpeed: blocks as units, frozen parts whole
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     unwrapped = accelerator.unwrap_model(model)
     if args.use_lora:
@@ -990,18 +993,18 @@ def main(argv: list[str] | None = None) -> str:
             progress_bar.update(1)
             reduced.pop("nonfinite")
             reduced["lr"] = lr_scheduler.get_last_lr()[0]
-            reduced["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+            reduced["grad_norm"] = scalar(grad_norm)
             reduced["num_skipped_images"] = progress.num_skipped_images
             progress_bar.set_postfix(loss=f"{reduced['loss']:.4f}", lr=f"{reduced['lr']:.2e}")
             last_step = progress.global_step >= schedule.max_train_steps  # validated after the loop
-            if progress.global_step % args.validation_steps == 0 and not last_step and accelerator.is_main_process:
-                reduced.update(validate(vae, eval_model(), held_out, args, progress.global_step, device, tokenizer))
-                if "val/bits_per_code" in reduced:
-                    logger.info(
-                        "step %d: validation %.4f bits/code",
-                        progress.global_step,
-                        reduced["val/bits_per_code"],
-                    )
+            if progress.global_step % args.validation_steps == 0 and not last_step:
+                whole = full_model_on_main(accelerator, model, eval_model())  # sharded: gathered (all ranks)
+                if accelerator.is_main_process:
+                    reduced.update(validate(vae, whole, held_out, args, progress.global_step, device, tokenizer))
+                    if "val/bits_per_code" in reduced:
+                        logger.info(
+                            "step %d: validation %.4f bits/code", progress.global_step, reduced["val/bits_per_code"]
+                        )
             metrics.log(reduced, step=progress.global_step)
             maybe_save_checkpoint(accelerator, args, progress.global_step)
             debug_hooks_after_step(args, progress.global_step)
@@ -1011,8 +1014,8 @@ def main(argv: list[str] | None = None) -> str:
 
     # ------------------------------------------------------------------ final pipeline
     accelerator.wait_for_everyone()
-    final_model = eval_model()
-    if args.debug_dump_state:
+    final_model = full_model_on_main(accelerator, model, eval_model())  # sharded: gathered, on the main process
+    if args.debug_dump_state and final_model is not None:
         dump_debug_state(accelerator, final_model, args.output_dir)
     if accelerator.is_main_process:
         final = validate(vae, final_model, held_out, args, progress.global_step, device, tokenizer)

@@ -229,8 +229,13 @@ def main(argv: list[str] | None = None) -> None:
         resolve_resume_checkpoint,
         write_model_card,
     )
+    from rq_hf.training.sharding import require_unsharded
 
     accelerator = make_accelerator(args)
+    require_unsharded(  # rq_hf.training.sharding: FSDP / DeepSpeed are for the stage-2 transformer
+        accelerator, "train_rqvae.py", "the GAN's adaptive weight differentiates through the decoder's last layer, "
+        "which a sharded model does not hold whole, and an RQ-VAE fits in data-parallel memory"
+    )
     logger.info("%s", accelerator.state)
 
     # ------------------------------------------------------------------ model, losses

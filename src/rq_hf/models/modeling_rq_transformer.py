@@ -327,6 +327,8 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
     over the codes of each position, one output head shared by all depths. See the module docstring for the
     exact inputs and for the mapping of the official weights."""
 
+    _input_embed_layer = "code_embeddings"  # what `get_input_embeddings()` returns (accelerate's FSDP2 asks)
+
     def __init__(self, config: RQTransformerConfig) -> None:
         super().__init__(config)
         height, width, depth = config.code_shape

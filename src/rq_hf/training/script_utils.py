@@ -385,6 +385,9 @@ def make_accelerator(args: argparse.Namespace):
         # differs between processes below)
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
+    from rq_hf.training.sharding import enable_fsdp_on_cpu
+
+    enable_fsdp_on_cpu(accelerator)  # an FSDP config on CPU processes: FSDP2 over gloo (accelerate drops it)
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO
     )
