@@ -120,6 +120,8 @@ def plot(results: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     datasets = [d for d in results["settings"]["datasets"] if any(r["dataset"] == d for r in results["rows"])]
+    if not datasets:  # --cached_only without any finished run
+        return
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.4 * len(datasets), 3.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         rows = [r for r in results["rows"] if r["dataset"] == dataset]

@@ -285,6 +285,14 @@ def run_key(dataset: str, spec: ModelSpec, seed: int, args: argparse.Namespace) 
     return key
 
 
+def same_model(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` with what does not change the model left out: at D = 1 a shared and a per-depth codebook are the
+    same single codebook."""
+    if key.get("code_depth") == 1:
+        key = {**key, "shared_codebook": True}
+    return key
+
+
 class RunCache:
     """Finished runs in ``<output_dir>/runs.jsonl`` (one JSON object per line, appended after each run)."""
 
@@ -296,8 +304,8 @@ class RunCache:
                 self.runs = [json.loads(line) for line in f if line.strip()]
 
     def find(self, key: dict[str, Any]) -> dict[str, Any] | None:
-        normal = json.loads(json.dumps(key))
-        return next((r for r in self.runs if r["key"] == normal), None)
+        normal = same_model(json.loads(json.dumps(key)))
+        return next((r for r in self.runs if same_model(r["key"]) == normal), None)
 
     def add(self, run: dict[str, Any]) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)

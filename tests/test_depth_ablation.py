@@ -63,6 +63,13 @@ def test_quick_ablation_writes_tables_plot_and_reuses_runs(tmp_path):
         "continuous 8x8 (ceiling)", "8x8x1 K=8", "8x8x2 K=8 shared k-means"]
     assert all(r["seeds"] == [0, 1] for r in partial["rows"])
     assert "| 8x8x1 K=8 | 3 | 0, 1 |" in (tmp_path / "depth_ablation_k8.md").read_text()
+    # a D = 1 model is the same with a per-depth codebook: its runs are found by either
+    per_depth = script.main(["--quick", "--datasets", "fashion_mnist", "--seeds", "0", "--depths", "1",
+                             "--codebook_modes", "per_depth", "--no_flat", "--cached_only", "--output_dir",
+                             str(tmp_path)])
+    assert [r["label"] for r in per_depth["rows"]] == ["continuous 8x8 (ceiling)", "8x8x1 K=8"]
+    nothing = script.main(["--quick", "--seeds", "0", "--cached_only", "--output_dir", str(tmp_path / "empty")])
+    assert nothing["rows"] == [] and not (tmp_path / "empty" / "depth_ablation_k8.png").exists()
 
 
 def test_continuous_twin_bypasses_the_quantizer():
