@@ -122,7 +122,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     datasets = [d for d in results["settings"]["datasets"] if any(r["dataset"] == d for r in results["rows"])]
     if not datasets:  # --cached_only without any finished run
         return
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.4 * len(datasets), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(6.0, 4.4 * len(datasets)), 4.0), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         rows = [r for r in results["rows"] if r["dataset"] == dataset]
         depths = sorted({r["depth"] for r in rows if not r["continuous"] and not r["flat"]})
@@ -155,7 +155,7 @@ def plot(results: dict[str, Any], path: str) -> None:
     counts = sorted({len(r["seeds"]) for r in results["rows"]})
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     fig.suptitle(f"RQ-VAE depth ablation: K = {s['codebook_size']}, {s['steps']} steps, "
-                 f"mean ± std over {seeds} seeds")
+                 f"mean ± std over {seeds} seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
