@@ -282,7 +282,8 @@ def checkpoint_scenario(root: Path, dataset: str, model_config: str | None, pick
 
 
 def train_save_scenario(root: Path, dataset: str, model_config: str | None, pick: Callable[[int], list[int]]):
-    """Kill the final save_pretrained (and model card) of a run that continues training over an older model."""
+    """Kill the final save_pretrained (its model card, training section included, is one of its files) of a run that
+    continues training over an older model."""
     from rq_hf import RQVAEModel
     from rq_hf.training.script_utils import get_last_checkpoint
 
@@ -292,11 +293,9 @@ def train_save_scenario(root: Path, dataset: str, model_config: str | None, pick
 
     def work(output_dir):
         def run(switch: KillSwitch) -> None:
-            import rq_hf.training.script_utils as script_utils
             from rq_hf.models.hub_utils import RQHubMixin
 
             switch.wrap(RQHubMixin, "save_pretrained")
-            switch.wrap(script_utils, "write_model_card")
             train_rqvae(train_argv(dataset, model_config, output_dir, 4, **{"--resume_from_checkpoint": "latest"}))
 
         return run

@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from rq_hf import RQTransformerPipeline
+    from rq_hf.data import FASHION_MNIST_CLASSES
     from rq_hf.evaluation import generate_images, predict
     from rq_hf.evaluation.fashion_mnist_classifier import fashion_mnist_tensors, load_fashion_mnist_classifier
-    from rq_hf.training.data import FASHION_MNIST_CLASSES
 
     started = time.perf_counter()
     pipe = RQTransformerPipeline.from_pretrained(args.model_path)

@@ -70,9 +70,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--max_images", type=int, default=None, help="first N test images (default: all)")
     parser.add_argument("--batch_size", type=int, default=500)
     args = parser.parse_args(argv)
+    from rq_hf.data import load_fashion_mnist
     from rq_hf.evaluation import load_image_tensors
     from rq_hf.export_onnx import load_rqvae
-    from rq_hf.training import load_fashion_mnist
 
     vae = load_rqvae(args.model_path)
     size = vae.config.sample_size

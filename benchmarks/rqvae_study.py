@@ -101,8 +101,8 @@ def load_data(dataset: str, args: argparse.Namespace) -> tuple[Callable[[Any, in
     import torch
 
     if dataset == "fashion_mnist":
+        from rq_hf.data import load_fashion_mnist
         from rq_hf.evaluation import load_image_tensors
-        from rq_hf.training import load_fashion_mnist
 
         train = load_image_tensors(load_fashion_mnist("train"), 32, num_channels=1, pad_to_resolution=True,
                                    max_samples=args.train_images).images

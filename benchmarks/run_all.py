@@ -7,7 +7,8 @@ checkout's ``src/`` first on ``PYTHONPATH``:
 * ``bench_sampling.py``: RQ-Transformer vs a flat autoregressive model, images/s of ``generate_codes``;
 * ``bench_training_step.py``: training step of both stages through accelerate vs a bare PyTorch loop;
 * ``bench_memory.py``: training memory per GPU of the official sizes under DDP, FSDP and ZeRO-3 (meta device);
-* ``bench_loading.py``: peak memory of loading a large pipeline by route (dtype, low_cpu_mem_usage, device_map).
+* ``bench_loading.py``: peak memory of loading a large pipeline by route (dtype, low_cpu_mem_usage, device_map);
+* ``bench_cold_start.py``: seconds of ``import rq_hf`` and of each example's ``--help`` from a cold interpreter.
 
 Outputs in ``--output-dir`` (default ``docs/``): ``benchmarks.md``, ``benchmarks.json`` (every result and
 the machine), and ``bench_quantizer.png``, ``bench_sampling.png``, ``bench_training_step.png``,
@@ -131,6 +132,17 @@ BENCHMARKS = [
             "the GPU, with `enable_model_cpu_offload()` and with a `device_map=\"auto\"` transformer."
         ),
         quick_args=["--quick"],
+    ),
+    Benchmark(
+        name="cold_start",
+        script="bench_cold_start.py",
+        title="Cold start: `import rq_hf` and each script's `--help` (issue 13)",
+        description=(
+            "Seconds from a fresh interpreter to the end of `import rq_hf` and of each example script's `--help`, "
+            "and which of torch, transformers, diffusers, datasets and accelerate got imported (none: the package "
+            "root is lazy and the scripts parse their flags first). Goal: `examples/train_rqvae.py --help` under 1 s."
+        ),
+        quick_args=["--repeats", "1"],
     ),
 ]
 BENCHMARK_NAMES = [benchmark.name for benchmark in BENCHMARKS]

@@ -92,9 +92,8 @@ def load_model(path: str, device: str) -> tuple[Any, Any | None]:
 
 def load_split(args: argparse.Namespace, split: str, label_column: str | None, resolution: int, channels: int,
                max_samples: int | None):
+    from rq_hf.data import FASHION_MNIST_HUB_ID, load_fashion_mnist, load_image_dataset
     from rq_hf.evaluation import load_image_tensors
-    from rq_hf.training import load_fashion_mnist, load_image_dataset
-    from rq_hf.training.data import FASHION_MNIST_HUB_ID
 
     if args.dataset_name == FASHION_MNIST_HUB_ID:
         dataset = load_fashion_mnist(split)
@@ -117,9 +116,9 @@ def load_or_train_classifier(args: argparse.Namespace, resolution: int, channels
     on --train_split, reused from ``output_dir`` when its settings match."""
     import torch
 
+    from rq_hf.data import FASHION_MNIST_HUB_ID
     from rq_hf.evaluation import SmallImageClassifier, train_classifier
     from rq_hf.evaluation.fashion_mnist_classifier import WEIGHTS_PATH, load_fashion_mnist_classifier
-    from rq_hf.training.data import FASHION_MNIST_HUB_ID
 
     shipped = (args.dataset_name == FASHION_MNIST_HUB_ID and (resolution, channels, num_classes) == (32, 1, 10)
                and args.pad_to_resolution and os.path.isfile(WEIGHTS_PATH))
@@ -144,9 +143,10 @@ def load_or_train_classifier(args: argparse.Namespace, resolution: int, channels
     classifier = train_classifier(train.images, train.labels, num_classes=num_classes, epochs=args.classifier_epochs,
                                   generator=torch.Generator().manual_seed(args.seed))
     if path:
-        os.makedirs(output_dir, exist_ok=True)
-        torch.save({"key": key, "state_dict": classifier.state_dict()}, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        from rq_hf.models.atomic_save import atomic_save_file
+
+        with atomic_save_file(path) as tmp:
+            torch.save({"key": key, "state_dict": classifier.state_dict()}, tmp)
     return classifier, path
 
 

@@ -85,8 +85,8 @@ def extract_codes(args: argparse.Namespace):
     import numpy as np
     import torch
 
+    from rq_hf.data import ImageBatchTransform, ImageTransform, check_caption_column
     from rq_hf.models.autoencoder_rqvae import RQVAEModel
-    from rq_hf.training.data import ImageBatchTransform, ImageTransform, check_caption_column
     from rq_hf.training.script_utils import load_train_dataset
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -15,7 +15,6 @@ Each image is written as ``<output_dir>/<index>_<class or prompt>.png`` and all 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 
 
@@ -54,18 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_grid(images, num_columns: int):
-    """Paste equally sized PIL images into one grid image, row by row."""
-    from PIL import Image
-
-    width, height = images[0].size
-    rows = math.ceil(len(images) / num_columns)
-    grid = Image.new(images[0].mode, (num_columns * width, rows * height))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % num_columns) * width, (i // num_columns) * height))
-    return grid
-
-
 def parse_class_label(text: str) -> int | str:
     """A class id (an integer, negative ones included, so that they are refused as ids) or a class name."""
     try:
@@ -81,6 +68,7 @@ def main(argv=None) -> list[str]:
         if getattr(args, name) < 1:
             parser.error(f"`--{name}` must be >= 1, got {getattr(args, name)}")
     import torch
+    from diffusers.utils import make_image_grid
 
     from rq_hf import RQTransformerPipeline
 
@@ -129,7 +117,7 @@ def main(argv=None) -> list[str]:
         paths.append(os.path.join(args.output_dir, f"{i:03d}{tag}.png"))
         image.save(paths[-1])
     grid_path = os.path.join(args.output_dir, "grid.png")
-    make_grid(images, num_columns).save(grid_path)
+    make_image_grid(images, rows=len(images) // num_columns, cols=num_columns).save(grid_path)
     print(f"wrote {len(paths)} images to {args.output_dir}/ and the grid {grid_path}")
     return paths + [grid_path]
 

@@ -22,6 +22,7 @@ The defaults follow docs/results.md: the top-p filter (0.8) raised the samples' 
 from 0.73 to about 0.80, 91% of the reconstructions' 0.88; 300 steps moved from the RQ-VAE (cosine schedule:
 25.7 dB at 700 steps) to the transformer.
 
+Each training runs in a process of its own, as ``python examples/train_*.py <flags>`` would from a shell.
 Fashion-MNIST is read offline from ``/usr/share/datasets/fashion-mnist`` (Debian package
 ``dataset-fashion-mnist``); elsewhere the Hub dataset ``fashion_mnist`` is downloaded.
 ``--quick`` runs the same steps in seconds (a few training steps on a few images): a smoke test, not a
@@ -33,7 +34,6 @@ transformer step; on a GPU pass ``--mixed_precision bf16``. The quantizer always
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
@@ -70,14 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser
-
-
-def load_example(name: str):
-    """Import ``examples/<name>.py`` (the examples folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rqvae_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
@@ -128,7 +120,7 @@ def transformer_argv(args: argparse.Namespace, vqvae_dir: str, output_dir: str) 
         vqvae_dir,
         "--dataset_name",
         "fashion_mnist",
-        "--class_label_column",
+        "--label_column",
         "label",
         "--validation_split",
         "test",
@@ -185,7 +177,7 @@ def test_batches(num_images: int | None, batch_size: int = 250):
     """Batches of (pixel_values (B, 1, 32, 32) in [-1, 1], labels (B,)) from the Fashion-MNIST test split."""
     import torch
 
-    from rq_hf.training import ImageTransform, collate_images, load_fashion_mnist, with_image_transform
+    from rq_hf.data import ImageTransform, collate_images, load_fashion_mnist, with_image_transform
 
     dataset = load_fashion_mnist("test")
     if num_images is not None:
@@ -264,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"`--top_k` must be >= 0 and `--top_p` in (0, 1], got {args.top_k} and {args.top_p}")
     if args.num_test_images is not None and args.num_test_images < 1:
         raise ValueError(f"`--num_test_images` must be >= 1, got {args.num_test_images}")
-    from rq_hf.training.script_utils import reset_accelerate_state
+    from rq_hf.training.script_utils import run_script
 
     os.makedirs(args.output_dir, exist_ok=True)
     vqvae_dir = os.path.join(args.output_dir, "rqvae")
@@ -273,19 +265,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     started = time.perf_counter()
 
     start = time.perf_counter()
-    load_example("train_rqvae").main(rqvae_argv(args, vqvae_dir))
-    reset_accelerate_state()
+    run_script(os.path.join(EXAMPLES, "train_rqvae.py"), rqvae_argv(args, vqvae_dir))
     timings["rqvae_minutes"] = (time.perf_counter() - start) / 60
 
     start = time.perf_counter()
-    load_example("train_rq_transformer").main(transformer_argv(args, vqvae_dir, pipeline_dir))
-    reset_accelerate_state()
+    run_script(os.path.join(EXAMPLES, "train_rq_transformer.py"), transformer_argv(args, vqvae_dir, pipeline_dir))
     timings["transformer_minutes"] = (time.perf_counter() - start) / 60
 
     import torch
 
+    from rq_hf.data import FASHION_MNIST_CLASSES
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
-    from rq_hf.training.data import FASHION_MNIST_CLASSES
 
     pipe = RQTransformerPipeline.from_pretrained(pipeline_dir)
     pipe.set_progress_bar_config(disable=True)

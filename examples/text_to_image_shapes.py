@@ -243,7 +243,7 @@ def sample(pipe, prompts: list[str], per_prompt: int, guidance_scale: float, see
 
 def train(args, paths: dict[str, str]) -> dict[str, float]:
     """Draw the data, train both stages; returns the wall-clock minutes of each part."""
-    from rq_hf.training.script_utils import reset_accelerate_state
+    from rq_hf.training.script_utils import run_script
 
     timings = {}
     dataset, _ = make_dataset(128 if args.quick else args.num_train_images, seed=args.seed)
@@ -255,16 +255,15 @@ def train(args, paths: dict[str, str]) -> dict[str, float]:
         json.dump(config, f, indent=2)
 
     start = time.perf_counter()
-    train_rqvae["main"](rqvae_argv(args, paths["data"], config_path, paths["rqvae"]))
-    reset_accelerate_state()
+    run_script(os.path.join(EXAMPLES, "train_rqvae.py"), rqvae_argv(args, paths["data"], config_path, paths["rqvae"]))
     timings["rqvae_minutes"] = (time.perf_counter() - start) / 60
     start = time.perf_counter()
     example("extract_codes")["main"](["--vqvae_model_name_or_path", paths["rqvae"], "--dataset_name", paths["data"],
                                       "--resolution", str(SIZE), "--output_dir", paths["codes"]])
     timings["extract_minutes"] = (time.perf_counter() - start) / 60
     start = time.perf_counter()
-    example("train_rq_transformer")["main"](transformer_argv(args, paths["rqvae"], paths["codes"], paths["pipeline"]))
-    reset_accelerate_state()
+    run_script(os.path.join(EXAMPLES, "train_rq_transformer.py"),
+               transformer_argv(args, paths["rqvae"], paths["codes"], paths["pipeline"]))
     timings["transformer_minutes"] = (time.perf_counter() - start) / 60
     return timings
 

@@ -7,7 +7,7 @@ CPU processes; sharded (FSDP2, DeepSpeed ZeRO) with ``accelerate launch --config
 (``rq_hf.training.sharding``). Example (the Fashion-MNIST quickstart model, offline, class-conditional)::
 
     python examples/train_rq_transformer.py --vqvae_model_name_or_path rqvae-fmnist \\
-        --dataset_name fashion_mnist --class_label_column label --validation_split test \\
+        --dataset_name fashion_mnist --label_column label --validation_split test \\
         --output_dir rq-transformer-fmnist --train_batch_size 64 --max_train_steps 700 \\
         --learning_rate 1e-3 --mixed_precision bf16
 
@@ -19,7 +19,7 @@ Data, one of:
   encoded on the fly by the frozen RQ-VAE (``--dataset_name fashion_mnist`` reads the Debian package's files
   offline and pads 28x28 to 32x32).
 
-``--class_label_column`` makes the model class-conditional; the class names of a ``ClassLabel`` column become
+``--label_column`` makes the model class-conditional; the class names of a ``ClassLabel`` column become
 the transformer config's ``id2label`` (the pipeline resolves names with them). ``--class_dropout_prob``
 (default 0.1 for class-conditional models) trains the null class used by classifier-free guidance.
 
@@ -69,8 +69,8 @@ Outputs in ``--output_dir``: the whole pipeline
 (``RQTransformerPipeline(vqvae, transformer).save_pretrained``:
 ``vqvae/``, ``transformer/``, ``model_index.json``, code, model card with the validation bits per code),
 ``checkpoint-<step>/`` folders, ``validation/`` grids and ``logs/metrics.jsonl``. ``--push_to_hub`` uploads
-the pipeline with ``pipe.push_to_hub``. Resume, the non-finite-loss guard, undecodable images and the
-``--debug_*`` test hooks behave as in ``train_rqvae.py`` (``rq_hf.training.script_utils``).
+that folder, model card included (not the checkpoints). Resume, the non-finite-loss guard and undecodable
+images behave as in ``train_rqvae.py`` (``rq_hf.training.script_utils``).
 """
 
 from __future__ import annotations
@@ -79,12 +79,12 @@ import argparse
 import json
 import logging
 import os
+from typing import Any, Callable, NamedTuple
 
 # Only light imports at module level: `--help` must be fast. Heavy libraries are imported in main().
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
-    add_debug_args,
     add_optimization_args,
     check_common_args,
     run_cli,
@@ -202,10 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--codes_column", type=str, default="codes", help="Codes column of --codes_dataset.")
     data.add_argument(
-        "--class_label_column",
+        "--label_column",
+        "--class_label_column",  # its former name, kept for existing commands
+        dest="label_column",
         type=str,
         default=None,
-        help="Label column: makes the model class-conditional (class names of a ClassLabel become id2label).",
+        help="Label column: makes the model class-conditional (class names of a ClassLabel become id2label). "
+        "`--class_label_column` is its former name.",
     )
     data.add_argument(
         "--caption_column",
@@ -270,7 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--top_k", type=int, default=None, help="Top-k sampling of the validation samples.")
     val.add_argument("--top_p", type=float, default=None, help="Top-p sampling of the validation samples.")
     val.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature.")
-    add_debug_args(parser)
     return parser
 
 
@@ -300,15 +302,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError(f"`--ema_decay` must be in [0, 1), got {args.ema_decay}")
     if args.class_dropout_prob is not None and not 0.0 <= args.class_dropout_prob < 1.0:
         raise ValueError(f"`--class_dropout_prob` must be in [0, 1), got {args.class_dropout_prob}")
-    if args.class_dropout_prob and args.class_label_column is None:
+    if args.class_dropout_prob and args.label_column is None:
         raise ValueError(
             f"`--class_dropout_prob` {args.class_dropout_prob} needs a class-conditional model: give "
-            "`--class_label_column`"
+            "`--label_column`"
         )
-    if args.caption_column is not None and args.class_label_column is not None:
+    if args.caption_column is not None and args.label_column is not None:
         raise ValueError(
-            f"give `--caption_column` ({args.caption_column!r}) or `--class_label_column` "
-            f"({args.class_label_column!r}), not both: a model is text- or class-conditional"
+            f"give `--caption_column` ({args.caption_column!r}) or `--label_column` "
+            f"({args.label_column!r}), not both: a model is text- or class-conditional"
         )
     text_flags = {
         name: getattr(args, name)
@@ -388,7 +390,7 @@ def build_transformer(
     """A new model from ``SMALL_CONFIG`` / a config file or folder (+ CLI overrides), or a trained model.
 
     The vocabulary, code shape and code-embedding width must agree with the RQ-VAE and the data; the number
-    of classes with ``--class_label_column``; the text vocabulary and padding id with the caption ``tokenizer``
+    of classes with ``--label_column``; the text vocabulary and padding id with the caption ``tokenizer``
     (text-conditional models). ``ValueError`` names what disagrees. Returns ``(model, is_new)``.
     """
     import torch
@@ -397,10 +399,7 @@ def build_transformer(
     from rq_hf.models.modeling_rq_transformer import RQTransformerForCausalImageModeling
 
     path = args.model_config_name_or_path
-    derived = {
-        "vocab_size": vae.config.codebook_size,
-        "code_shape": list(code_shape),
-        "code_embedding_dim": vae.config.vq_embed_dim or vae.config.latent_channels,
+    derived = {  # besides the sizes the RQ-VAE decides (`RQTransformerConfig.fill_from_vqvae`)
         "num_classes": None if id2label is None else len(id2label),
         "text_vocab_size": None if tokenizer is None else len(tokenizer),
     }
@@ -409,16 +408,20 @@ def build_transformer(
         if args.max_text_length is not None:
             derived["max_text_length"] = args.max_text_length
     flags = (
-        f"--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, --class_label_column "
-        f"{args.class_label_column!r}, --caption_column {args.caption_column!r}"
+        f"--vqvae_model_name_or_path {args.vqvae_model_name_or_path!r}, --label_column "
+        f"{args.label_column!r}, --caption_column {args.caption_column!r}"
     )
     source = f"`--model_config_name_or_path` {path!r}"
     if path is not None and (_is_trained_model(path) or not (os.path.isfile(path) or os.path.isdir(path))):
         # A trained transformer (local folder with weights, or a Hub id): fine-tune it.
         model = RQTransformerForCausalImageModeling.from_pretrained(path, dtype=torch.float32)
         config = model.config
+        try:
+            config.fill_from_vqvae(vae, code_shape)  # all set in a trained model: checks only
+        except ValueError as err:
+            raise ValueError(f"{source} (a trained transformer): {err} ({flags})") from None
         for key, value in derived.items():
-            current = list(config.code_shape) if key == "code_shape" else getattr(config, key)
+            current = getattr(config, key)
             if current != value:
                 raise ValueError(
                     f"{source} (a trained transformer) has {key}={current}, but the RQ-VAE / data / tokenizer "
@@ -454,7 +457,7 @@ def build_transformer(
         if not isinstance(base, dict):
             raise ValueError(f"{source} must hold a JSON object, got {type(base).__name__}")
     for key, value in derived.items():
-        if key in base and base[key] is not None and (list(base[key]) if key == "code_shape" else base[key]) != value:
+        if key in base and base[key] is not None and base[key] != value:
             raise ValueError(
                 f"{source}: {key}={base[key]} does not match the RQ-VAE / data / tokenizer, which need "
                 f"{key}={value} ({flags})"
@@ -481,6 +484,10 @@ def build_transformer(
     else:
         base["caption_dropout_prob"] = 0.0
     config = RQTransformerConfig.from_dict(base)
+    try:
+        config.fill_from_vqvae(vae, code_shape)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err} ({flags})") from None
     model = RQTransformerForCausalImageModeling(config)
     model.init_code_embeddings(vae, freeze=not args.train_code_embeddings)
     model.train()
@@ -511,7 +518,7 @@ def class_names_of(dataset, column: str | None, flag_source: str) -> dict[int, s
         return None
     if column not in dataset.column_names:
         raise ValueError(
-            f"`--class_label_column` {column!r} is not a column of {flag_source}; available columns: "
+            f"`--label_column` {column!r} is not a column of {flag_source}; available columns: "
             f"{dataset.column_names}"
         )
     feature = dataset.features[column]
@@ -520,7 +527,7 @@ def class_names_of(dataset, column: str | None, flag_source: str) -> dict[int, s
     values = list(dataset.with_format(None)[column])
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
         raise ValueError(
-            f"`--class_label_column` {column!r} must hold class ids (a ClassLabel or integers >= 0), got {feature}"
+            f"`--label_column` {column!r} must hold class ids (a ClassLabel or integers >= 0), got {feature}"
         )
     return {i: str(i) for i in range(max(values) + 1)}
 
@@ -618,6 +625,148 @@ def held_out_split(dataset, args: argparse.Namespace):
     return split["train"], split["test"]
 
 
+class TrainingData(NamedTuple):
+    """What :func:`load_training_data` returns."""
+
+    rows: Any  # the training rows as loaded (the caption tokenizer and the validation prompts read them)
+    train_dataset: Any  # the rows the training loader reads (transformed images, or torch-formatted codes)
+    collate: Callable
+    held_out_rows: Any  # the held-out rows, or None
+    held_out: dict | None  # held-out codes (and labels / captions), batched for `evaluate_nll`
+    id2label: dict[int, str] | None
+    code_shape: list[int]
+    source: str  # the flag that named the data, for messages and the model card
+    from_codes: bool
+
+
+def load_training_data(args: argparse.Namespace, vae, device) -> TrainingData:
+    """The training rows from one of the two sources, a codes dataset (``--codes_dataset``) or images encoded
+    on the fly (``--dataset_name`` / ``--train_data_dir``), checked against the RQ-VAE, and the held-out codes
+    (``--validation_split``, or a ``--validation_fraction`` of the training rows)."""
+    import torch
+
+    from rq_hf.data import ImageTransform, check_caption_column, collate_images, with_image_transform
+    from rq_hf.training.script_utils import load_train_dataset
+
+    label_column, caption_column = args.label_column, args.caption_column
+    from_codes = args.codes_dataset is not None
+    if from_codes:
+        dataset = load_codes_dataset(args, "train")
+        source = f"--codes_dataset {args.codes_dataset!r}"
+        id2label = class_names_of(dataset, label_column, source)
+        check_caption_column(dataset, caption_column, source)
+        with_latents = args.soft_labels
+        if args.soft_labels and "latents" not in dataset.column_names:
+            raise ValueError(
+                f"`--soft_labels` needs the RQ-VAE encoder latents, but `--codes_dataset` "
+                f"{args.codes_dataset!r} "
+                f"has no 'latents' column (columns: {dataset.column_names}); train from the images instead "
+                "(--dataset_name / --train_data_dir: encoded on the fly) or drop --soft_labels"
+            )
+        code_shape = list(torch.as_tensor(dataset.with_format("torch")[0][args.codes_column]).shape)
+        size = vae.config.sample_size
+        expected = list(vae.code_shape_for(*(size if isinstance(size, (list, tuple)) else (size, size))))
+        if len(code_shape) != 3 or code_shape[2] != vae.config.code_depth:
+            raise ValueError(
+                f"`--codes_dataset` codes must have shape (h, w, D={vae.config.code_depth}) to fit the "
+                "RQ-VAE, "
+                f"got {tuple(code_shape)}"
+            )
+        if code_shape != expected:
+            raise ValueError(
+                f"`--codes_dataset` codes of shape {tuple(code_shape)} do not fit the RQ-VAE's pipeline "
+                "shape "
+                f"{tuple(expected)} (sample_size {vae.config.sample_size})"
+            )
+        if args.validation_split is not None:
+            held_out_rows = load_codes_dataset(args, args.validation_split)
+        else:
+            dataset, held_out_rows = held_out_split(dataset, args)
+        columns = [args.codes_column] + ([label_column] if label_column else []) + (["latents"] if with_latents else [])
+        dataset = dataset.with_format("torch", columns=columns + ([caption_column] if caption_column else []))
+        collate = codes_collate(args.codes_column, label_column, with_latents, caption_column)
+        train_dataset = dataset
+    else:
+        dataset = load_train_dataset(args)
+        source = (
+            f"--dataset_name {args.dataset_name!r}"
+            if args.dataset_name
+            else f"--train_data_dir {args.train_data_dir!r}"
+        )
+        id2label = class_names_of(dataset, label_column, source)
+        check_caption_column(dataset, caption_column, source)
+        if args.resolution % vae.downsample_factor:
+            raise ValueError(
+                f"`--resolution` must be a multiple of the RQ-VAE's down-sampling factor "
+                f"{vae.downsample_factor}, "
+                f"got {args.resolution}"
+            )
+        code_shape = list(vae.code_shape_for(args.resolution, args.resolution))
+        if args.validation_split is not None:
+            val_args = argparse.Namespace(**{**vars(args), "max_train_samples": None})
+            held_out_rows = load_train_dataset(val_args, split=args.validation_split)
+        else:
+            dataset, held_out_rows = held_out_split(dataset, args)
+        channels = vae.config.in_channels
+        transform = ImageTransform(
+            args.resolution,
+            center_crop=args.center_crop,
+            random_flip=args.random_flip,
+            num_channels=channels,
+            pad_to_resolution=args.pad_to_resolution,
+        )
+        train_dataset = with_image_transform(
+            dataset,
+            transform,
+            args.image_column,
+            label_column=label_column,
+            on_decode_error=args.on_decode_error,
+            seed=args.seed,
+            caption_column=caption_column,
+        )
+        collate = collate_images
+
+    # held-out codes (deterministic nearest codes for image data), batched for evaluate_nll
+    held_out = None
+    if held_out_rows is not None:
+        held_out_rows = held_out_rows.select(range(min(args.max_validation_samples, len(held_out_rows))))
+        if from_codes:
+            cols = [args.codes_column] + [c for c in (label_column, caption_column) if c]
+            loader = torch.utils.data.DataLoader(
+                held_out_rows.with_format("torch", columns=cols),
+                batch_size=args.train_batch_size,
+                collate_fn=codes_collate(args.codes_column, label_column, False, caption_column),
+            )
+            batches = list(loader)
+        else:
+            val_transform = ImageTransform(
+                args.resolution,
+                center_crop=True,
+                num_channels=vae.config.in_channels,
+                pad_to_resolution=args.pad_to_resolution,
+            )
+            rows = with_image_transform(
+                held_out_rows, val_transform, args.image_column, label_column=label_column,
+                caption_column=caption_column,
+            )
+            loader = torch.utils.data.DataLoader(rows, batch_size=args.train_batch_size, collate_fn=collate_images)
+            batches = []
+            with torch.no_grad():
+                for batch in loader:
+                    if batch["pixel_values"] is None:
+                        continue
+                    batch["codes"] = vae.encode(batch["pixel_values"].to(device)).codes.cpu()
+                    batches.append(batch)
+        if batches:
+            held_out = {
+                "codes": [b["codes"] for b in batches],
+                "class_labels": [b["class_labels"] for b in batches] if label_column else None,
+                "captions": [b["captions"] for b in batches] if caption_column else None,
+            }
+    return TrainingData(dataset, train_dataset, collate, held_out_rows, held_out, id2label, code_shape, source,
+                        from_codes)
+
+
 # ============================================================================================ validation
 
 
@@ -695,27 +844,22 @@ def main(argv: list[str] | None = None) -> str:
     from tqdm.auto import tqdm
 
     from rq_hf.models.tokenization_rq_transformer import tokenize_captions, with_bpe_dropout
-    from rq_hf.training.data import ImageTransform, check_caption_column, collate_images, with_image_transform
     from rq_hf.training.ema import make_ema_model
     from rq_hf.training.script_utils import (
         MetricsLog,
-        TrainingProgress,
         compute_schedule,
         count_skipped_images,
-        debug_hooks_after_step,
-        dump_debug_state,
         guard_finite,
         init_trackers,
         iterate_epochs,
-        load_train_dataset,
         make_accelerator,
         make_lr_scheduler,
         make_train_dataloader,
         maybe_save_checkpoint,
-        push_to_hub,
         reduce_step_values,
-        resolve_resume_checkpoint,
-        write_model_card,
+        resume_training,
+        save_and_push,
+        training_card_section,
     )
     from rq_hf.training.sharding import configure_sharding, full_model_on_main, scalar
 
@@ -723,125 +867,15 @@ def main(argv: list[str] | None = None) -> str:
     device = accelerator.device
     logger.info("%s", accelerator.state)
     vae = load_vqvae(args.vqvae_model_name_or_path).to(device)
-    label_column = args.class_label_column
+    label_column = args.label_column
     caption_column = args.caption_column
 
     # ------------------------------------------------------------------ data
-    from_codes = args.codes_dataset is not None
-    if from_codes:
-        dataset = load_codes_dataset(args, "train")
-        source = f"--codes_dataset {args.codes_dataset!r}"
-        id2label = class_names_of(dataset, label_column, source)
-        check_caption_column(dataset, caption_column, source)
-        with_latents = args.soft_labels
-        if args.soft_labels and "latents" not in dataset.column_names:
-            raise ValueError(
-                f"`--soft_labels` needs the RQ-VAE encoder latents, but `--codes_dataset` "
-                f"{args.codes_dataset!r} "
-                f"has no 'latents' column (columns: {dataset.column_names}); train from the images instead "
-                "(--dataset_name / --train_data_dir: encoded on the fly) or drop --soft_labels"
-            )
-        code_shape = list(torch.as_tensor(dataset.with_format("torch")[0][args.codes_column]).shape)
-        size = vae.config.sample_size
-        expected = list(vae.code_shape_for(*(size if isinstance(size, (list, tuple)) else (size, size))))
-        if len(code_shape) != 3 or code_shape[2] != vae.config.code_depth:
-            raise ValueError(
-                f"`--codes_dataset` codes must have shape (h, w, D={vae.config.code_depth}) to fit the "
-                "RQ-VAE, "
-                f"got {tuple(code_shape)}"
-            )
-        if code_shape != expected:
-            raise ValueError(
-                f"`--codes_dataset` codes of shape {tuple(code_shape)} do not fit the RQ-VAE's pipeline "
-                "shape "
-                f"{tuple(expected)} (sample_size {vae.config.sample_size})"
-            )
-        if args.validation_split is not None:
-            held_out_rows = load_codes_dataset(args, args.validation_split)
-        else:
-            dataset, held_out_rows = held_out_split(dataset, args)
-        columns = [args.codes_column] + ([label_column] if label_column else []) + (["latents"] if with_latents else [])
-        dataset = dataset.with_format("torch", columns=columns + ([caption_column] if caption_column else []))
-        collate = codes_collate(args.codes_column, label_column, with_latents, caption_column)
-        train_dataset = dataset
-    else:
-        dataset = load_train_dataset(args)
-        source = (
-            f"--dataset_name {args.dataset_name!r}"
-            if args.dataset_name
-            else f"--train_data_dir {args.train_data_dir!r}"
-        )
-        id2label = class_names_of(dataset, label_column, source)
-        check_caption_column(dataset, caption_column, source)
-        if args.resolution % vae.downsample_factor:
-            raise ValueError(
-                f"`--resolution` must be a multiple of the RQ-VAE's down-sampling factor "
-                f"{vae.downsample_factor}, "
-                f"got {args.resolution}"
-            )
-        code_shape = list(vae.code_shape_for(args.resolution, args.resolution))
-        if args.validation_split is not None:
-            val_args = argparse.Namespace(**{**vars(args), "max_train_samples": None})
-            held_out_rows = load_train_dataset(val_args, split=args.validation_split)
-            args.pad_to_resolution = val_args.pad_to_resolution
-        else:
-            dataset, held_out_rows = held_out_split(dataset, args)
-        channels = vae.config.in_channels
-        transform = ImageTransform(
-            args.resolution,
-            center_crop=args.center_crop,
-            random_flip=args.random_flip,
-            num_channels=channels,
-            pad_to_resolution=args.pad_to_resolution,
-        )
-        train_dataset = with_image_transform(
-            dataset,
-            transform,
-            args.image_column,
-            label_column=label_column,
-            on_decode_error=args.on_decode_error,
-            seed=args.seed,
-            caption_column=caption_column,
-        )
-        collate = collate_images
-
-    # held-out codes (deterministic nearest codes for image data), batched for evaluate_nll
-    held_out = None
-    if held_out_rows is not None:
-        held_out_rows = held_out_rows.select(range(min(args.max_validation_samples, len(held_out_rows))))
-        if from_codes:
-            cols = [args.codes_column] + [c for c in (label_column, caption_column) if c]
-            loader = torch.utils.data.DataLoader(
-                held_out_rows.with_format("torch", columns=cols),
-                batch_size=args.train_batch_size,
-                collate_fn=codes_collate(args.codes_column, label_column, False, caption_column),
-            )
-            batches = list(loader)
-        else:
-            val_transform = ImageTransform(
-                args.resolution,
-                center_crop=True,
-                num_channels=vae.config.in_channels,
-                pad_to_resolution=args.pad_to_resolution,
-            )
-            rows = with_image_transform(
-                held_out_rows, val_transform, args.image_column, label_column=label_column,
-                caption_column=caption_column,
-            )
-            loader = torch.utils.data.DataLoader(rows, batch_size=args.train_batch_size, collate_fn=collate_images)
-            batches = []
-            with torch.no_grad():
-                for batch in loader:
-                    if batch["pixel_values"] is None:
-                        continue
-                    batch["codes"] = vae.encode(batch["pixel_values"].to(device)).codes.cpu()
-                    batches.append(batch)
-        if batches:
-            held_out = {
-                "codes": [b["codes"] for b in batches],
-                "class_labels": [b["class_labels"] for b in batches] if label_column else None,
-                "captions": [b["captions"] for b in batches] if caption_column else None,
-            }
+    data = load_training_data(args, vae, device)
+    dataset, train_dataset, collate, held_out_rows, held_out = (
+        data.rows, data.train_dataset, data.collate, data.held_out_rows, data.held_out
+    )
+    id2label, code_shape, source, from_codes = data.id2label, data.code_shape, data.source, data.from_codes
 
     tokenizer = train_tokenizer = None
     if caption_column is not None:
@@ -892,20 +926,8 @@ def main(argv: list[str] | None = None) -> str:
     if args.use_ema:
         ema = make_ema_model(unwrapped, decay=args.ema_decay).to(device)
 
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)  # an nn.Module: saved and restored with the state
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_path is not None:
-        logger.info("Resuming from %s", resume_path)
-        accelerator.load_state(resume_path)
-        logger.info(
-            "Resumed at step %d (epoch %d, batch %d)",
-            progress.global_step,
-            progress.epoch,
-            progress.batches_in_epoch,
-        )
+    # step 0, or where --resume_from_checkpoint left off; the EMA model is saved and restored with the state
+    progress = resume_training(accelerator, args, *([ema] if ema is not None else []))
 
     init_trackers(accelerator, args, "train_rq_transformer")
     metrics = MetricsLog(accelerator, args.output_dir, args.logging_dir)
@@ -972,8 +994,6 @@ def main(argv: list[str] | None = None) -> str:
                     output = model(codes=codes, labels=targets, **condition)
                     loss = output.loss
                     values = {"image_loss": output.image_loss.detach(), "text_loss": output.text_loss.detach()}
-                if args.debug_nan_at_step == step:
-                    loss = loss * float("nan")  # test hook
                 reduced = reduce_step_values(accelerator, {"loss": loss.detach(), **values})
                 guard_finite(reduced, step, args.output_dir)  # before any update: nothing bad gets saved
                 accelerator.backward(loss)
@@ -1007,7 +1027,6 @@ def main(argv: list[str] | None = None) -> str:
                         )
             metrics.log(reduced, step=progress.global_step)
             maybe_save_checkpoint(accelerator, args, progress.global_step)
-            debug_hooks_after_step(args, progress.global_step)
             if progress.global_step >= schedule.max_train_steps:
                 break
     progress_bar.close()
@@ -1015,8 +1034,6 @@ def main(argv: list[str] | None = None) -> str:
     # ------------------------------------------------------------------ final pipeline
     accelerator.wait_for_everyone()
     final_model = full_model_on_main(accelerator, model, eval_model())  # sharded: gathered, on the main process
-    if args.debug_dump_state and final_model is not None:
-        dump_debug_state(accelerator, final_model, args.output_dir)
     if accelerator.is_main_process:
         final = validate(vae, final_model, held_out, args, progress.global_step, device, tokenizer)
         metrics.log(final, step=progress.global_step)
@@ -1026,32 +1043,31 @@ def main(argv: list[str] | None = None) -> str:
             logger.info("Final validation NLL: %.4f bits per code", final["val/bits_per_code"])
         if args.use_ema:
             card_metrics["weights"] = f"EMA (decay {args.ema_decay})"
+        description = (
+            f"Trained with rq-hf's `examples/train_rq_transformer.py` for {progress.global_step} steps "
+            f"on {source} ({'codes' if from_codes else 'images encoded on the fly'}, "
+            f"codes {tuple(code_shape)}"
+            f"{', soft labels' if args.soft_labels else ''}), with the frozen RQ-VAE "
+            f"`{args.vqvae_model_name_or_path}`."
+            + (f" LoRA adapter (rank {args.lora_rank}, alpha {args.lora_alpha}) of "
+               f"`{args.model_config_name_or_path}`." if args.use_lora else "")
+        )
         if args.use_lora:  # the adapter folder (peft); pipe.load_lora_weights(output_dir) puts it on the base
             from rq_hf.lora import save_lora_adapter
+            from rq_hf.models.hub_utils import build_model_card
 
-            save_lora_adapter(unwrapped, args.output_dir)
+            adapter = {"base_model": args.model_config_name_or_path, "rank": args.lora_rank,
+                       "alpha": args.lora_alpha, "target_modules": args.lora_target_modules}
+            card = build_model_card("lora", adapter, metrics=card_metrics, library_name="peft",
+                                    sections={"Training": training_card_section(description, args)})
+            save_lora_adapter(unwrapped, args.output_dir, model_card=card)
+            repo_id = None  # --push_to_hub is refused with --use_lora
         else:
             pipe = RQTransformerPipeline(vqvae=vae, transformer=final_model, tokenizer=tokenizer)
-            pipe.save_pretrained(args.output_dir, metrics=card_metrics)
-        write_model_card(  # appends the training section (data, steps, flags) to the pipeline's card
-            args.output_dir,
-            title="RQ-Transformer",
-            description=(
-                f"Trained with rq-hf's `examples/train_rq_transformer.py` for {progress.global_step} steps "
-                f"on {source} ({'codes' if from_codes else 'images encoded on the fly'}, "
-                f"codes {tuple(code_shape)}"
-                f"{', soft labels' if args.soft_labels else ''}), with the frozen RQ-VAE "
-                f"`{args.vqvae_model_name_or_path}`."
-                + (f" LoRA adapter (rank {args.lora_rank}, alpha {args.lora_alpha}) of "
-                   f"`{args.model_config_name_or_path}`." if args.use_lora else "")
-            ),
-            tags=["rq-transformer", "rq-hf"],
-            args=args,
-        )
-        logger.info("Saved the pipeline to %s", args.output_dir)
-        if args.push_to_hub:
-            repo_id = push_to_hub(pipe, args, metrics=card_metrics)  # pipe.push_to_hub: card + folder upload
-            logger.info("Pushed to the Hub: %s", repo_id)
+            repo_id = save_and_push(pipe, args, metrics=card_metrics, description=description)
+        logger.info("Saved the %s to %s", "adapter" if args.use_lora else "pipeline", args.output_dir)
+        if repo_id is not None:
+            logger.info("Pushed %s to the Hub: %s", args.output_dir, repo_id)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return args.output_dir

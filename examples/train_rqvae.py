@@ -11,7 +11,7 @@ two real CPU processes. Example (the Fashion-MNIST quickstart model, offline)::
 Loss (DESIGN.md): ``reconstruction (--reconstruction_loss mse|l1) + commitment (in the model)
 + --perceptual_weight * LPIPS (optional, needs --lpips_weights) + adaptive_weight * --disc_weight * hinge
 generator loss`` (VQGAN's adaptive weight, from step ``--disc_start``); the PatchGAN discriminator is trained
-with the hinge loss on raw logits and its own optimizer (``--discr_learning_rate``). The codebooks are EMA
+with the hinge loss on raw logits and its own optimizer (``--disc_learning_rate``). The codebooks are EMA
 buffers updated in the forward pass (all-reduced across processes), always in fp32.
 
 Without ``--model_config_name_or_path`` a tiny model for 32x32 grayscale images is built (channels
@@ -28,7 +28,6 @@ top, reconstructions below) and ``logs/metrics.jsonl`` (every logged value, what
 
 Undecodable images are counted and skipped with a warning (``--on_decode_error raise`` stops instead).
 A non-finite loss stops the run before the optimizer step, naming the step and the last good checkpoint.
-The ``--debug_*`` flags are test hooks (see ``rq_hf.training.script_utils.add_debug_args``).
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ import os
 from rq_hf.training.script_utils import (
     add_bookkeeping_args,
     add_data_args,
-    add_debug_args,
     add_optimization_args,
     check_common_args,
     run_cli,
@@ -98,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     loss.add_argument("--disc_weight", type=float, default=0.75, help="Adversarial weight (0: no GAN).")
     loss.add_argument("--disc_start", type=int, default=0, help="Step at which the GAN terms start.")
-    loss.add_argument("--discr_learning_rate", type=float, default=1e-4, help="Discriminator learning rate.")
+    loss.add_argument(
+        "--disc_learning_rate", "--discr_learning_rate", dest="disc_learning_rate", type=float, default=1e-4,
+        help="Discriminator learning rate (`--discr_learning_rate`: diffusers' train_vqgan.py name).",
+    )
     loss.add_argument("--disc_base_channels", type=int, default=64, help="PatchGAN channels (ndf).")
     loss.add_argument(
         "--disc_num_layers", type=int, default=3,
@@ -109,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_validation_images", type=int, default=8,
         help="Images (the first rows of the dataset) in the validation grid and PSNR.",
     )
-    add_debug_args(parser)
     return parser
 
 
@@ -155,41 +155,26 @@ def load_model(path: str | None):
     return model
 
 
-def to_uint8(images):
-    """(B, C, H, W) in [-1, 1] -> list of PIL images."""
-    import numpy as np
-    import PIL.Image
-
-    arrays = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
-    arrays = arrays.transpose(0, 2, 3, 1)
-    return [PIL.Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a) for a in arrays]
-
-
-def psnr(images, reconstructions) -> float:
-    """Mean per-image PSNR in dB of images in [-1, 1] (compared on the [0, 1] scale)."""
-    import torch
-
-    x = (images.float().clamp(-1, 1) + 1) / 2
-    y = (reconstructions.float().clamp(-1, 1) + 1) / 2
-    mse = (x - y).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).mean())
-
-
 def validate(model, images, output_dir: str, step: int) -> float:
     """Reconstruct the validation images, save ``validation/step_<step>.png``, return the PSNR."""
     import torch
+    from diffusers.image_processor import VaeImageProcessor
     from diffusers.utils import make_image_grid
+
+    from rq_hf.evaluation import psnr
 
     was_training = model.training
     model.eval()
     with torch.no_grad():
         reconstructions = model(images, return_dict=False)[0]  # a tuple: see the training step
     model.train(was_training)
-    grid = make_image_grid(to_uint8(images) + to_uint8(reconstructions), rows=2, cols=len(images))
+    images, reconstructions = images.float(), reconstructions.float().clamp(-1, 1)
+    to_pil = VaeImageProcessor().postprocess
+    grid = make_image_grid(to_pil(images) + to_pil(reconstructions), rows=2, cols=len(images))
     folder = os.path.join(output_dir, "validation")
     os.makedirs(folder, exist_ok=True)
     grid.save(os.path.join(folder, f"step_{step:06d}.png"))
-    return psnr(images, reconstructions)
+    return float(psnr(images, reconstructions, data_range=2.0))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -200,23 +185,19 @@ def main(argv: list[str] | None = None) -> None:
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
+    from rq_hf.data import ImageTransform, collate_images, with_image_transform
     from rq_hf.training.adversarial import (
         adaptive_weight,
         adopt_weight,
         generator_adversarial_loss,
         hinge_d_loss,
     )
-    from rq_hf.training.data import ImageTransform, collate_images, with_image_transform
     from rq_hf.training.discriminator import PatchGANDiscriminator
     from rq_hf.training.script_utils import (
         MetricsLog,
-        TrainingProgress,
         compute_schedule,
         count_skipped_images,
-        debug_hooks_after_step,
-        dump_debug_state,
         guard_finite,
-        hub_repo_id,
         init_trackers,
         iterate_epochs,
         load_train_dataset,
@@ -224,10 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         make_lr_scheduler,
         make_train_dataloader,
         maybe_save_checkpoint,
-        push_to_hub,
         reduce_step_values,
-        resolve_resume_checkpoint,
-        write_model_card,
+        resume_training,
+        save_and_push,
     )
     from rq_hf.training.sharding import require_unsharded
 
@@ -286,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale_lr:
         scale = args.train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
         args.learning_rate *= scale
-        args.discr_learning_rate *= scale
+        args.disc_learning_rate *= scale
     betas = (args.adam_beta1, args.adam_beta2)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, betas=betas,
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
@@ -294,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     vae, optimizer, lr_scheduler = accelerator.prepare(vae, optimizer, lr_scheduler)
     if use_disc:
         discr_optimizer = torch.optim.AdamW(
-            discriminator.parameters(), lr=args.discr_learning_rate, betas=betas,
+            discriminator.parameters(), lr=args.disc_learning_rate, betas=betas,
             weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
         )
         discr_lr_scheduler = make_lr_scheduler(discr_optimizer, args, schedule, accelerator.num_processes)
@@ -306,14 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     last_layer = unwrapped_vae.decoder.conv_out.weight
     trained_models = [vae, discriminator] if use_disc else [vae]
 
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_path is not None:
-        logger.info("Resuming from %s", resume_path)
-        accelerator.load_state(resume_path)
-        logger.info("Resumed at step %d (epoch %d, batch %d)", progress.global_step, progress.epoch,
-                    progress.batches_in_epoch)
+    progress = resume_training(accelerator, args)  # step 0, or where --resume_from_checkpoint left off
 
     init_trackers(accelerator, args, "train_rqvae")
     metrics = MetricsLog(accelerator, args.output_dir, args.logging_dir)
@@ -347,8 +320,6 @@ def main(argv: list[str] | None = None) -> None:
                 outputs = vae(pixel_values, return_dict=False)
                 reconstructions, _, commitment_loss, codebook_usage, perplexity = outputs
                 rec_loss = rec_fn(reconstructions.float(), pixel_values.float())
-                if args.debug_nan_at_step == step:
-                    rec_loss = rec_loss * float("nan")  # test hook
                 nll_loss = rec_loss
                 values = {"rec_loss": rec_loss.detach(), "commitment_loss": commitment_loss.detach()}
                 if lpips is not None:
@@ -409,42 +380,34 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info("step %d: validation PSNR %.2f dB", progress.global_step, reduced["val/psnr"])
             metrics.log(reduced, step=progress.global_step)
             maybe_save_checkpoint(accelerator, args, progress.global_step)
-            debug_hooks_after_step(args, progress.global_step)
             if progress.global_step >= schedule.max_train_steps:
                 break
     progress_bar.close()
 
     # ------------------------------------------------------------------ final model
     accelerator.wait_for_everyone()
-    if args.debug_dump_state:
-        dump_debug_state(accelerator, unwrapped_vae, args.output_dir)
     if accelerator.is_main_process:
         final_psnr = validate(unwrapped_vae, validation_images.to(device), args.output_dir,
                               progress.global_step)
         metrics.log({"val/psnr": final_psnr}, step=progress.global_step)
         metrics_for_card = {"validation PSNR (dB)": round(final_psnr, 2), "training steps": progress.global_step}
-        repo_id = hub_repo_id(args) if args.push_to_hub else None
-        unwrapped_vae.save_pretrained(args.output_dir, metrics=metrics_for_card, repo_id=repo_id)
         h, w, depth = unwrapped_vae.code_shape_for(args.resolution, args.resolution)
-        write_model_card(
-            args.output_dir,
-            title="RQ-VAE",
+        repo_id = save_and_push(
+            unwrapped_vae,
+            args,
+            metrics=metrics_for_card,
             description=(
                 f"An RQ-VAE (residual-quantized autoencoder, Lee et al. 2022) trained with rq-hf's "
                 f"`examples/train_rqvae.py` for {progress.global_step} steps on "
                 f"`{args.dataset_name or args.train_data_dir}` at {args.resolution}x{args.resolution}: "
                 f"{h}x{w}x{depth} codes from {unwrapped_vae.config.codebook_size} codes per codebook. "
                 f"Validation PSNR {final_psnr:.2f} dB. {progress.num_skipped_images} undecodable images "
-                "were skipped.\n\n```python\nfrom rq_hf import RQVAEModel\n"
-                "vae = RQVAEModel.from_pretrained(path)\n```"
+                "were skipped."
             ),
-            tags=["rq-vae", "rq-hf", "vector-quantization", "diffusers"],
-            args=args,
         )
         logger.info("Saved the model to %s (validation PSNR %.2f dB)", args.output_dir, final_psnr)
-        if args.push_to_hub:
-            push_to_hub(unwrapped_vae, args, metrics=metrics_for_card)
-            logger.info("Pushed to the Hub: %s", repo_id)
+        if repo_id is not None:
+            logger.info("Pushed %s to the Hub: %s", args.output_dir, repo_id)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

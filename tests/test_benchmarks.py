@@ -26,7 +26,9 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     # the LoRA memory section needs peft (the `lora` extra); without it that section is left out, not failed
     has_peft = importlib.util.find_spec("peft") is not None
-    names = ["quantizer", "sampling", "training_step", "memory", "loading"] + (["memory_lora"] if has_peft else [])
+    names = ["quantizer", "sampling", "training_step", "memory", "loading", "cold_start"] + (
+        ["memory_lora"] if has_peft else []
+    )
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--output-dir", str(tmp_path), "--only", *names],
         env=env, capture_output=True, text=True, timeout=900,
@@ -58,6 +60,7 @@ def test_run_all_quick_writes_tables_plots_and_json(tmp_path):
 
     summary = json.loads((tmp_path / "benchmarks.json").read_text())
     assert set(summary["results"]) == set(names)
+    assert "| `python examples/train_rqvae.py --help` |" in markdown
     rows = summary["results"]["training_step"]["json"]["rows"]
     for row in rows:
         # same weights, batch and random draws: both loops compute the same first loss (fp32 and bf16 autocast)

@@ -9,6 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from inject_faults import inject
 from safetensors.torch import load_file
 from script_helpers import TINY_RQVAE, flags_to_argv, load_example, read_metrics, save_blob_dataset
 from tiny_models import tiny_transformer
@@ -86,11 +87,13 @@ def sha(path) -> str:
 
 @pytest.fixture(scope="module")
 def lora_run(base):
-    """8 LoRA steps on class 1 only, checkpoints at 4 and 8, the final model dumped (--debug_dump_state)."""
+    """8 LoRA steps on class 1 only, checkpoints at 4 and 8, the final model dumped (tests/inject_faults.py)."""
     out = base / "lora_run"
     base_weights = base / "pipeline" / "transformer" / "model.safetensors"
     before = sha(base_weights)
-    train.main(lora_args(base, out, **{"--debug_dump_state": True}))
+    with pytest.MonkeyPatch.context() as patch:
+        inject(patch.setattr, dump_state_to=str(out / "debug"))
+        train.main(lora_args(base, out))
     reset_accelerate_state()
     assert sha(base_weights) == before  # the base model is read, never written
     return out
@@ -299,3 +302,10 @@ def test_memory_of_a_lora_fine_tune_on_the_meta_device(capsys):
     bench.main(["--quick", "--num-gpus", "1", "--lora-rank", "2"])
     table = capsys.readouterr().out
     assert "LoRA rank 2" in table and "| DDP |" in table and "FSDP" not in table
+
+
+def test_adapter_folder_has_the_rq_hf_card(lora_run):
+    card = (lora_run / "README.md").read_text()
+    for text in ("library_name: peft", "# LoRA adapter of an RQ-Transformer", "pipe.load_lora_weights(", "## Training",
+                 "LoRA adapter (rank", "\"rank\": 4"):
+        assert text in card, text

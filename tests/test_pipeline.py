@@ -250,3 +250,39 @@ def test_to_dtype_keeps_quantizer_fp32(tmp_path):
     assert all(b.dtype == torch.float32 for b in p.vqvae.quantizer.buffers() if b.is_floating_point())
     images = p(num_images=2, generator=gen(0), output_type="np").images
     assert images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
+
+
+def test_callback_on_step_end_contract_and_interrupt(pipe):
+    pipe.set_progress_bar_config(disable=True)
+    full = pipe(class_labels=[0], generator=gen(3), output_type="latent").images
+    seen = []
+
+    def stop_after_five(p, step, timestep, kwargs):
+        seen.append(sorted(kwargs))
+        p._interrupt = step == 5
+        return {}
+
+    stopped = pipe(class_labels=[0], generator=gen(3), output_type="latent", callback_on_step_end=stop_after_five,
+                   callback_on_step_end_tensor_inputs=["codes"]).images
+    assert seen == [["codes"]] * 6  # positions 0..5, then stopped
+    flat, reference = stopped.reshape(16, 2), full.reshape(16, 2)
+    assert torch.equal(flat[:6], reference[:6]) and not flat[6:].any()
+    assert pipe.interrupt
+    assert torch.equal(pipe(class_labels=[0], generator=gen(3), output_type="latent").images, full)  # reset
+
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs.*'latents'"):
+        pipe(class_labels=[0], callback_on_step_end=stop_after_five, callback_on_step_end_tensor_inputs=["latents"])
+    with pytest.raises(TypeError, match="must return a dict.*NoneType"):
+        pipe(class_labels=[0], callback_on_step_end=lambda *args: None)
+
+
+def test_class_names_stay_on_the_pipeline(tmp_path):
+    transformer = tiny_transformer()
+    before = dict(transformer.config.id2label)
+    pipe = RQTransformerPipeline(vqvae=tiny_vae(), transformer=transformer, id2label=NAMES)
+    assert transformer.config.id2label == before != NAMES  # the transformer's config is not changed
+    assert pipe.id2label == NAMES and pipe.get_label_ids(["Trouser", "trainer"]) == [1, 2]
+    pipe.save_pretrained(tmp_path)
+    assert RQTransformerPipeline.from_pretrained(tmp_path).id2label == NAMES
+    with pytest.raises(ValueError, match=r"`id2label` must name the classes 0..2, got ids \[0, 1\]"):
+        RQTransformerPipeline(vqvae=tiny_vae(), transformer=tiny_transformer(), id2label={0: "a", 1: "b"})

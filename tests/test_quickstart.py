@@ -28,8 +28,8 @@ def test_quick_mode_writes_pipeline_grids_and_metrics(tmp_path, capsys):
     metrics = quickstart.main(["--quick", "--output_dir", str(tmp_path), "--mixed_precision", "no",
                                "--guidance_schedule", "linear"])
 
+    from rq_hf.data import FASHION_MNIST_CLASSES
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
-    from rq_hf.training.data import FASHION_MNIST_CLASSES
 
     pipe = RQTransformerPipeline.from_pretrained(str(tmp_path / "pipeline"))
     assert [pipe.id2label[i] for i in range(10)] == list(FASHION_MNIST_CLASSES)

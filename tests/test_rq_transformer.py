@@ -242,3 +242,30 @@ def test_forward_bad_input_raises(kwargs, argument):
 def test_unconditional_model_rejects_class_labels():
     with pytest.raises(ValueError, match="class_labels"):
         tiny_model(num_classes=None)(torch.zeros(1, *SHAPE, dtype=torch.long), class_labels=[0])
+
+
+def test_sizes_left_unset_are_filled_from_the_rqvae(tmp_path):
+    from tiny_models import tiny_vae
+
+    vae = tiny_vae(codebook_size=32, code_depth=2, sample_size=8)  # 8x8 images -> 4x4x2 codes, width 8
+    layers = dict(hidden_size=16, num_spatial_layers=1, num_depth_layers=1, num_attention_heads=2, num_classes=3)
+    RQTransformerConfig(**layers).save_pretrained(tmp_path)  # as a user writes it: no sizes
+    config = RQTransformerConfig.from_pretrained(tmp_path)
+    assert (config.vocab_size, config.code_shape, config.code_embedding_dim) == (None, None, None)
+
+    config.fill_from_vqvae(vae)
+    assert (config.vocab_size, config.code_shape, config.code_embedding_dim) == (32, [4, 4, 2], 8)
+    model = RQTransformerForCausalImageModeling(config)
+    model.init_code_embeddings(vae)  # the table has the codebook's shape
+    torch.testing.assert_close(model.code_embeddings.weight, vae.quantizer.codebook(0))
+    config.fill_from_vqvae(vae, code_shape=[4, 4, 2])  # set and equal: nothing to do
+
+    with pytest.raises(ValueError, match=r"`code_embedding_dim` must be unset.*code_embedding_dim=256.*=8"):
+        RQTransformerConfig(**layers, code_embedding_dim=256).fill_from_vqvae(vae)
+    with pytest.raises(ValueError, match=r"`code_shape`.*\[2, 2, 2\].*\[4, 4, 2\]"):
+        RQTransformerConfig(**layers, code_shape=[2, 2, 2]).fill_from_vqvae(vae)
+    # built without an RQ-VAE, the model takes the paper's sizes
+    unset = RQTransformerForCausalImageModeling(RQTransformerConfig(**layers))
+    assert (unset.config.vocab_size, unset.config.code_shape, unset.config.code_embedding_dim) == (
+        16384, [8, 8, 4], 256
+    )

@@ -1,8 +1,10 @@
 """rq_hf.training.script_utils and the seeded augmentations, in process (no training run)."""
 
 import argparse
+import fnmatch
 import logging
 import os
+from unittest import mock
 
 import datasets
 import numpy as np
@@ -10,22 +12,21 @@ import PIL.Image
 import pytest
 import torch
 
-from rq_hf.training.data import ROW_INDEX_COLUMN, ImageTransform, collate_images, with_image_transform
+from rq_hf.data import ROW_INDEX_COLUMN, ImageTransform, collate_images, with_image_transform
 from rq_hf.training.script_utils import (
     CHECKPOINT_MANIFEST,
     NonFiniteLossError,
     add_bookkeeping_args,
     add_data_args,
-    add_debug_args,
     add_optimization_args,
     check_common_args,
     compute_schedule,
     get_last_checkpoint,
     guard_finite,
-    push_to_hub,
+    load_train_dataset,
     resolve_report_to,
     resolve_resume_checkpoint,
-    write_model_card,
+    save_and_push,
 )
 
 
@@ -34,7 +35,6 @@ def parser():
     add_data_args(p)
     add_optimization_args(p, learning_rate=3e-4, adam_beta2=0.95, lr_scheduler="cosine")
     add_bookkeeping_args(p, output_dir="out")
-    add_debug_args(p)
     return p
 
 
@@ -93,6 +93,17 @@ def test_checkpoint_discovery_ignores_partial_saves(tmp_path):
         resolve_resume_checkpoint(str(tmp_path / "missing"), str(tmp_path))
 
 
+def test_fashion_mnist_pads_at_parse_time_and_loading_leaves_args_alone():
+    args = parser().parse_args(["--dataset_name", "fashion_mnist", "--max_train_samples", "3"])
+    check_common_args(args)
+    assert args.pad_to_resolution  # 28x28 images are padded, never resized
+    args.pad_to_resolution = False
+    before = dict(vars(args))
+    if os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        assert len(load_train_dataset(args, split="test")) == 3
+    assert vars(args) == before
+
+
 def test_guard_finite_names_step_and_checkpoint(tmp_path):
     guard_finite({"loss": 1.0, "nonfinite": 0.0}, 3, str(tmp_path))
     make_checkpoint(tmp_path / "checkpoint-4")
@@ -100,29 +111,52 @@ def test_guard_finite_names_step_and_checkpoint(tmp_path):
         guard_finite({"loss": float("nan"), "nonfinite": 1.0}, 7, str(tmp_path))
 
 
-def test_push_to_hub_uses_the_models_own_method(tmp_path):
-    calls = []
+class RecordingApi:
+    """Stands for `huggingface_hub.HfApi`: records each upload (files and card) instead of sending it."""
 
-    class Fake:
-        def push_to_hub(self, repo_id, **kwargs):
-            calls.append((repo_id, kwargs))
+    uploads = []
 
-    args = argparse.Namespace(hub_model_id=None, output_dir=str(tmp_path / "my-rqvae"), hub_token="t",
-                              hub_private=True)
-    assert push_to_hub(Fake(), args) == "my-rqvae"
-    assert calls == [("my-rqvae", {"token": "t", "private": True, "commit_message": "End of training"})]
-    push_to_hub(Fake(), args, metrics={"psnr": 20.0})
-    assert calls[-1][1]["metrics"] == {"psnr": 20.0}
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        return mock.Mock(repo_id=repo_id)
+
+    def upload_folder(self, repo_id, folder_path, ignore_patterns=(), **kwargs):
+        walk = os.walk(folder_path)
+        files = sorted(os.path.relpath(os.path.join(d, f), folder_path) for d, _, fs in walk for f in fs)
+        kept = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in ignore_patterns)]  # as HfApi matches
+        card = open(os.path.join(folder_path, "README.md")).read()
+        RecordingApi.uploads.append({"repo_id": repo_id, "folder": folder_path, "files": kept, "card": card,
+                                     "token": self.token, **kwargs})
+        return "commit-url"
 
 
-def test_model_card_written_then_extended(tmp_path):
-    args = argparse.Namespace(learning_rate=1e-3, hub_token="secret", debug_nan_at_step=None)
-    path = write_model_card(str(tmp_path), title="T", description="first", tags=["rq-vae"], args=args)
-    text = open(path).read()
-    assert "rq-vae" in text and "first" in text and "learning_rate" in text and "secret" not in text
-    write_model_card(str(tmp_path), title="T", description="second", tags=["rq-vae"])
-    text = open(path).read()
-    assert "first" in text and "second" in text
+def test_save_and_push_uploads_the_card_of_output_dir(tmp_path, monkeypatch):
+    from tiny_models import tiny_vae
+
+    monkeypatch.setattr(RecordingApi, "uploads", [])
+    monkeypatch.setattr("rq_hf.models.hub_utils.HfApi", RecordingApi)
+    output_dir = tmp_path / "my-rqvae"
+    (output_dir / "checkpoint-2").mkdir(parents=True)
+    (output_dir / "checkpoint-2" / "state.bin").write_bytes(b"x")
+    args = argparse.Namespace(output_dir=str(output_dir), push_to_hub=True, hub_model_id=None, hub_token="secret",
+                              hub_private=True, learning_rate=1e-3)
+    repo_id = save_and_push(tiny_vae(), args, metrics={"PSNR (dB)": 20.5}, description="Trained for 2 steps.")
+
+    assert repo_id == "my-rqvae"
+    (upload,) = RecordingApi.uploads
+    card = (output_dir / "README.md").read_text()
+    assert upload["folder"] == str(output_dir) and upload["card"] == card  # the card the user sees
+    for text in ("## Training", "Trained for 2 steps.", "learning_rate", "PSNR (dB)", 'from_pretrained("my-rqvae")'):
+        assert text in card, text
+    assert "secret" not in card and upload["token"] == "secret"
+    assert "README.md" in upload["files"] and "diffusion_pytorch_model.safetensors" in upload["files"]
+    assert not any(f.startswith("checkpoint-") for f in upload["files"])
+
+    args.push_to_hub = False
+    assert save_and_push(tiny_vae(), args, metrics={}, description="Again.") is None
+    assert len(RecordingApi.uploads) == 1 and "Again." in (output_dir / "README.md").read_text()
 
 
 def test_seeded_augmentations_depend_on_seed_epoch_and_row_only():

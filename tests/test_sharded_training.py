@@ -24,6 +24,7 @@ from script_helpers import TINY_RQVAE, flags_to_argv, read_metrics, save_blob_da
 from rq_hf.training.script_utils import CHECKPOINT_MANIFEST, checkpoint_problem
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INJECT_FAULTS = os.path.join(REPO, "tests", "inject_faults.py")
 SCRIPT = os.path.join(REPO, "examples", "train_rq_transformer.py")
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 
@@ -71,7 +72,8 @@ def setup(tmp_path_factory):
     return root
 
 
-def launch(root, output_dir, **extra):
+def launch(root, output_dir, faults=(), **extra):
+    """`accelerate launch` the script; `faults` are flags of tests/inject_faults.py, which then wraps it."""
     flags = {
         "--vqvae_model_name_or_path": str(root / "vae"),
         "--dataset_name": str(root / "images"),
@@ -95,7 +97,7 @@ def launch(root, output_dir, **extra):
     }
     port = str(29800 + os.getpid() % 150 + 50 * ("--resume_from_checkpoint" in extra))
     cmd = [ACCELERATE, "launch", "--config_file", str(root / "fsdp.yaml"), "--main_process_port", port,
-           SCRIPT, *flags_to_argv(flags)]
+           *([INJECT_FAULTS, *faults] if faults else []), SCRIPT, *flags_to_argv(flags)]
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", PYTHONPATH=os.path.join(REPO, "src"))
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -153,7 +155,7 @@ def test_final_folder_is_the_usual_pipeline_and_code_embeddings_stay_the_codeboo
 @needs_cpu_fsdp
 def test_killed_run_resumes_from_the_sharded_checkpoint_to_the_same_weights(full_run, setup):
     out = setup / "killed"
-    proc = launch(setup, out, **{"--debug_sigkill_at_step": "3"})
+    proc = launch(setup, out, faults=["--sigkill_after_step", "3"])
     assert proc.returncode != 0 and (out / "checkpoint-3").is_dir(), proc.stderr[-3000:]
     assert not (out / "model_index.json").exists()
     proc = launch(setup, out, **{"--resume_from_checkpoint": "latest"})

@@ -15,6 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from inject_faults import inject
 from safetensors.torch import load_file
 from script_helpers import TINY_RQVAE, flags_to_argv, read_metrics
 
@@ -23,6 +24,7 @@ from rq_hf.training.script_utils import NonFiniteLossError, reset_accelerate_sta
 pytest.importorskip("rq_hf.pipelines.pipeline_rq_transformer")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INJECT_FAULTS = os.path.join(REPO, "tests", "inject_faults.py")
 SCRIPT = os.path.join(REPO, "examples", "train_rq_transformer.py")
 CLASS_NAMES = ["left", "right"]
 
@@ -189,16 +191,12 @@ def test_run_from_codes_dataset(data_dir, tmp_path):
 
 
 def test_fine_tune_a_trained_transformer_and_push(data_dir, image_run, tmp_path, monkeypatch):
-    """--model_config_name_or_path <trained transformer> continues from its weights; --push_to_hub goes through
-    RQTransformerPipeline.push_to_hub (recorded here: no network in tests)."""
-    from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
+    """--model_config_name_or_path <trained transformer> continues from its weights; --push_to_hub uploads
+    output_dir with its card (recorded here: no network in tests)."""
+    from test_script_utils import RecordingApi
 
-    pushed = {}
-
-    def fake_push(self, repo_id, **kwargs):
-        pushed.update(kwargs, repo_id=repo_id, id2label=self.id2label)
-
-    monkeypatch.setattr(RQTransformerPipeline, "push_to_hub", fake_push)
+    monkeypatch.setattr(RecordingApi, "uploads", [])
+    monkeypatch.setattr("rq_hf.models.hub_utils.HfApi", RecordingApi)
     out = tmp_path / "fine_tuned"
     overrides = {
         "--dataset_name": None,
@@ -216,11 +214,27 @@ def test_fine_tune_a_trained_transformer_and_push(data_dir, image_run, tmp_path,
     before, after = transformer_state(image_run), transformer_state(out)
     change = (after["output_proj.weight"] - before["output_proj.weight"]).abs().max()
     assert 0 < change < 0.01  # started from the trained weights (a new model would differ by ~0.02 anyway)
-    assert pushed["repo_id"] == "someone/rq-transformer-test" and pushed["id2label"] == {0: "left", 1: "right"}
-    assert "validation NLL (bits per code)" in pushed["metrics"]
+    (pushed,) = RecordingApi.uploads
+    assert pushed["repo_id"] == "someone/rq-transformer-test" and pushed["folder"] == str(out)
+    assert pushed["card"] == (out / "README.md").read_text()
+    for text in ("validation NLL (bits per code)", "0: left, 1: right", "## Training"):
+        assert text in pushed["card"], text
+    assert "model_index.json" in pushed["files"] and not any(f.startswith("checkpoint-") for f in pushed["files"])
     reset_accelerate_state()
     with pytest.raises(ValueError, match="trained model.*--hidden_size"):
         train.main(base_args(data_dir, tmp_path / "x", **{**overrides, "--hidden_size": "64", "--push_to_hub": None}))
+
+
+def test_config_without_rqvae_sizes_takes_them_from_the_rqvae(data_dir, tmp_path):
+    from rq_hf import RQTransformerConfig
+
+    config_dir = tmp_path / "config"  # sizes, layers and classes only, as a user writes it
+    RQTransformerConfig(hidden_size=32, num_attention_heads=2, num_spatial_layers=1, num_depth_layers=1,
+                        num_classes=2).save_pretrained(config_dir)
+    out = tmp_path / "run"
+    train.main(base_args(data_dir, out, steps=2, **{"--model_config_name_or_path": str(config_dir)}))
+    saved = json.loads((out / "transformer" / "config.json").read_text())
+    assert (saved["vocab_size"], saved["code_shape"], saved["code_embedding_dim"]) == (32, [8, 8, 2], 8)
 
 
 def test_soft_labels_run(data_dir, tmp_path):
@@ -247,16 +261,15 @@ def test_soft_labels_from_codes_need_latents(data_dir, tmp_path):
 
 def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, image_run, tmp_path):
     out = tmp_path / "killed"
-    args = base_args(data_dir, out, **{"--use_ema": True, "--ema_decay": "0.5", "--debug_sigkill_at_step": "6"})
+    args = base_args(data_dir, out, **{"--use_ema": True, "--ema_decay": "0.5"})
     proc = subprocess.run(
-        [sys.executable, SCRIPT, *args], env=script_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, INJECT_FAULTS, "--sigkill_after_step", "6", SCRIPT, *args], env=script_env(),
+        capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert (out / "checkpoint-6").is_dir() and not (out / "model_index.json").exists()
 
-    hook = args.index("--debug_sigkill_at_step")
-    resumed = args[:hook] + args[hook + 2 :] + ["--resume_from_checkpoint", "latest"]
-    train.main(resumed)
+    train.main(args + ["--resume_from_checkpoint", "latest"])
     steps = [m["step"] for m in read_metrics(out) if "loss" in m]
     assert steps == list(range(1, 13))  # 1..6 before the kill, 7..12 after: continued at the saved step
     full, again = losses(image_run), losses(out)
@@ -267,7 +280,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, image_run, tmp
 
 
 def test_clear_errors(data_dir, tmp_path):
-    with pytest.raises(ValueError, match="--class_label_column.*'species'.*available columns"):
+    with pytest.raises(ValueError, match="--label_column.*'species'.*available columns"):
         train.main(base_args(data_dir, tmp_path / "a", **{"--class_label_column": "species"}))
     reset_accelerate_state()
     bad_config = tmp_path / "config.json"
@@ -308,12 +321,12 @@ def test_two_process_run_keeps_identical_weights_and_loss_goes_down(data_dir, tm
         steps=10,
         **{
             "--train_batch_size": "4",
-            "--debug_dump_state": True,
             "--checkpointing_steps": "100",
             "--validation_steps": "100",
         },
     )
-    cmd = [launcher, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), SCRIPT, *args]
+    cmd = [launcher, "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), INJECT_FAULTS,
+           "--dump_state_to", str(out / "debug"), SCRIPT, *args]
     proc = subprocess.run(
         cmd, env=dict(script_env(), ACCELERATE_USE_CPU="true"), capture_output=True, text=True, timeout=180
     )
@@ -329,10 +342,11 @@ def test_two_process_run_keeps_identical_weights_and_loss_goes_down(data_dir, tm
     assert np.mean([by_step[9], by_step[10]]) < np.mean([by_step[1], by_step[2]]) - 0.1, by_step
 
 
-def test_nonfinite_loss_stops_before_the_update_and_names_the_checkpoint(data_dir, tmp_path):
+def test_nonfinite_loss_stops_before_the_update_and_names_the_checkpoint(data_dir, tmp_path, monkeypatch):
     out = tmp_path / "nan"
+    inject(monkeypatch.setattr, nan_at_step=5)
     with pytest.raises(NonFiniteLossError, match=r"step 5.*checkpoint-3"):
-        train.main(base_args(data_dir, out, **{"--debug_nan_at_step": "5", "--checkpointing_steps": "3"}))
+        train.main(base_args(data_dir, out, **{"--checkpointing_steps": "3"}))
     assert sorted(losses(out)) == [1, 2, 3, 4]
     assert (out / "checkpoint-3").is_dir() and not (out / "model_index.json").exists()
 

@@ -137,7 +137,7 @@ def test_codes_dataset_with_captions_and_a_given_tokenizer(data_dir, text_run, t
 def test_text_flags_need_a_caption_column_and_clear_errors(data_dir, tmp_path):
     with pytest.raises(ValueError, match="--caption_dropout_prob.*--caption_column"):
         train.parse_args(text_args(data_dir, tmp_path, **{"--caption_column": None}))
-    with pytest.raises(ValueError, match="--caption_column.*--class_label_column"):
+    with pytest.raises(ValueError, match="--caption_column.*--label_column"):
         train.parse_args(text_args(data_dir, tmp_path, **{"--class_label_column": "label"}))
     with pytest.raises(ValueError, match="--bpe_dropout"):
         train.parse_args(text_args(data_dir, tmp_path, **{"--bpe_dropout": "1.5"}))

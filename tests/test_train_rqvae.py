@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from script_helpers import TINY_RQVAE, flags_to_argv, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INJECT_FAULTS = os.path.join(REPO, "tests", "inject_faults.py")
 SCRIPT = os.path.join(REPO, "examples", "train_rqvae.py")
 
 TINY_MODEL = TINY_RQVAE
@@ -52,17 +53,19 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def run_script(args, env_extra=None, torchrun=None, check=True):
+def run_script(args, env_extra=None, torchrun=None, check=True, faults=()):
+    """Run the script in a subprocess; `faults` are flags of tests/inject_faults.py, which then wraps it."""
     env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1")
     env.update(env_extra or {})
+    wrapped = [INJECT_FAULTS, *faults, SCRIPT, *args] if faults else [SCRIPT, *args]
     if torchrun:
         launcher = os.path.join(os.path.dirname(sys.executable), "torchrun")
         cmd = [launcher, "--nproc_per_node", str(torchrun), "--master_port", str(29500 + os.getpid() % 1000),
-               SCRIPT, *args]
+               *wrapped]
         env["ACCELERATE_USE_CPU"] = "true"
     else:
-        cmd = [sys.executable, SCRIPT, *args]
+        cmd = [sys.executable, *wrapped]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     if check and proc.returncode != 0:
         raise AssertionError(
@@ -139,7 +142,7 @@ def test_short_run_saves_loadable_model_and_loss_goes_down(full_run):
 
 def test_sigkill_then_resume_latest_matches_uninterrupted_run(data_dir, full_run):
     out = data_dir / "killed"
-    proc = run_script(base_args(data_dir, out, **{"--debug_sigkill_at_step": "5"}), check=False)
+    proc = run_script(base_args(data_dir, out), check=False, faults=["--sigkill_after_step", "5"])
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert sorted(p for p in os.listdir(out) if p.startswith("checkpoint")) == ["checkpoint-3"]
     assert not os.path.exists(out / "diffusion_pytorch_model.safetensors")
@@ -161,8 +164,8 @@ def test_sigkill_then_resume_latest_matches_uninterrupted_run(data_dir, full_run
 @pytest.mark.slow
 def test_two_process_run_keeps_one_codebook_and_loss_goes_down(data_dir):
     out = data_dir / "ddp"
-    run_script(base_args(data_dir, out, steps=8, **{"--debug_dump_state": True, "--train_batch_size": "2"}),
-               torchrun=2)
+    run_script(base_args(data_dir, out, steps=8, **{"--train_batch_size": "2"}), torchrun=2,
+               faults=["--dump_state_to", str(out / "debug")])
     rank0 = load_file(str(out / "debug" / "rank0.safetensors"))
     rank1 = load_file(str(out / "debug" / "rank1.safetensors"))
     assert rank0.keys() == rank1.keys()
@@ -181,7 +184,7 @@ def test_two_process_run_keeps_one_codebook_and_loss_goes_down(data_dir):
 
 def test_nonfinite_loss_stops_with_message_and_keeps_last_checkpoint(data_dir):
     out = data_dir / "nan"
-    proc = run_script(base_args(data_dir, out, **{"--debug_nan_at_step": "5"}), check=False)
+    proc = run_script(base_args(data_dir, out), check=False, faults=["--nan_at_step", "5"])
     assert proc.returncode == 1
     assert "non-finite loss at step 5" in proc.stderr
     assert "checkpoint-3" in proc.stderr

@@ -9,21 +9,23 @@ import PIL.Image
 import pytest
 import torch
 
-from rq_hf.training import (
+from rq_hf.data import (
     FASHION_MNIST_CLASSES,
-    LPIPS,
     ImageTransform,
+    check_image_dataset,
+    collate_images,
+    load_fashion_mnist,
+    load_image_dataset,
+    with_image_transform,
+)
+from rq_hf.training import (
+    LPIPS,
     PatchGANDiscriminator,
     adaptive_weight,
     adopt_weight,
-    check_image_dataset,
-    collate_images,
     generator_adversarial_loss,
     hinge_d_loss,
-    load_fashion_mnist,
-    load_image_dataset,
     make_ema_model,
-    with_image_transform,
 )
 
 # ------------------------------------------------------------------------------------------ adversarial
@@ -255,7 +257,7 @@ def test_corrupt_image_is_skipped_with_warning_or_raises(tmp_path, caplog):
     ds = load_image_dataset(train_data_dir=str(folder), cache_dir=str(tmp_path / "c"), label_column="label")
     assert len(ds) == 7
     transformed = with_image_transform(ds, ImageTransform(16, center_crop=True), label_column="label")
-    with caplog.at_level(logging.WARNING, logger="rq_hf.training.data"):
+    with caplog.at_level(logging.WARNING, logger="rq_hf.data"):
         rows = [transformed[i] for i in range(len(transformed))]
     assert sum(row["pixel_values"] is None for row in rows) == 1
     assert "broken.png" in caplog.text

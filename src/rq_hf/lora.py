@@ -82,14 +82,17 @@ def add_lora_adapter(model, rank: int, alpha: float, target_modules: Sequence[st
     return peft.get_peft_model(model, config)
 
 
-def save_lora_adapter(peft_model, save_directory: str | os.PathLike, replace: str = "model") -> None:
+def save_lora_adapter(peft_model, save_directory: str | os.PathLike, replace: str = "model", model_card=None) -> None:
     """peft's `save_pretrained` (safetensors) into `save_directory`, all or nothing (`rq_hf.models.atomic_save`).
 
     With `replace="model"` the weight and config files of an earlier save in the folder are replaced as a set;
-    other entries (`checkpoint-*`, `logs/`) stay.
+    other entries (`checkpoint-*`, `logs/`) stay. `model_card` (a `huggingface_hub.ModelCard`, e.g. from
+    `build_model_card("lora", ...)`) replaces peft's README.md.
     """
     with atomic_save_directory(save_directory, replace=replace) as staging:
         peft_model.save_pretrained(staging, safe_serialization=True)
+        if model_card is not None:
+            model_card.save(os.path.join(staging, "README.md"))
 
 
 def register_adapter_checkpointing(accelerator, peft_model) -> None:

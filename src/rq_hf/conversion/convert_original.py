@@ -50,6 +50,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..models.atomic_save import atomic_save_directory
+from ..models.hub_utils import tensors_on_meta
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,6 @@ StateDict = Dict[str, torch.Tensor]
 
 WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
 ORIGINAL_REPO = "https://github.com/kakaobrain/rq-vae-transformer"
-PAPER = "https://arxiv.org/abs/2203.01941"
 
 
 class CheckpointMismatchError(ValueError):
@@ -400,7 +400,7 @@ def build_model(cls, init: Any, state_dict: StateDict):
     with torch.device("meta"):
         model = cls(**init) if isinstance(init, dict) else cls(init)
     model.load_state_dict(state_dict, strict=True, assign=True)
-    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    leftovers = tensors_on_meta(model)
     if leftovers:
         logger.debug("Tensors left on the meta device (not persistent, rebuilt on load): %s", leftovers)
     return model.eval()
@@ -640,31 +640,19 @@ def read_class_names(path: str) -> List[str]:
     raise ValueError(f"`class_names` file {path} must hold a list or a dict, got {type(data).__name__}.")
 
 
-def model_card_text(
+def model_card_kwargs(
     checkpoint_name: str,
     stage1_config: Mapping[str, Any],
     stage2_config: Optional[Mapping[str, Any]],
     transformer_kwargs: Optional[Mapping[str, Any]],
-) -> str:
-    """Markdown model card (with YAML metadata) for a converted folder; states the weights' licence."""
-    from huggingface_hub import ModelCard, ModelCardData
-
+) -> Dict[str, Any]:
+    """What the model card of a converted folder adds to the usual one (`build_model_card` keyword arguments):
+    the weights' licence and the conversion notes."""
     hp = _arch(stage1_config)["hparams"]
     dataset = (stage1_config.get("dataset") or {}).get("type", "unknown")
     h, w, depth = hp["code_shape"]
     conditional = transformer_kwargs is not None and transformer_kwargs.get("num_classes") is not None
     text = transformer_kwargs is not None and transformer_kwargs.get("text_vocab_size") is not None
-    if transformer_kwargs is None:
-        pipeline_tag, what = None, "the RQ-VAE (stage 1) only"
-    else:
-        pipeline_tag = "text-to-image" if text else "unconditional-image-generation"
-        what = "the RQ-VAE (stage 1) and the RQ-Transformer (stage 2)"
-    data = ModelCardData(
-        license=WEIGHTS_LICENSE,
-        library_name="diffusers",
-        pipeline_tag=pipeline_tag,
-        tags=["rq-vae", "rq-transformer", "residual-quantization", "image-generation", "rq-hf"],
-    )
     notes = [
         f"- Converted from the official release `{checkpoint_name}` of [kakaobrain/rq-vae-transformer]"
         f"({ORIGINAL_REPO}) with `python -m rq_hf.conversion.convert_original`; tensors are renamed, "
@@ -695,56 +683,16 @@ def model_card_text(
         )
         if sampling:
             notes.append(f"- Official sampling settings: {dict(sampling)}.")
-    usage = (
-        "```python\nfrom rq_hf import RQTransformerPipeline\n\n"
-        "pipe = RQTransformerPipeline.from_pretrained(PATH)\n"
-        + (
-            "images = pipe(class_labels=[0, 1]).images\n"
-            if conditional
-            else 'images = pipe(prompt=["a painting of a cat with sunglasses"], num_images_per_prompt=2, '
-            "top_k=1024, top_p=0.95).images\n"
-            if text
-            else "images = pipe(num_images=2).images\n"
-        )
-        + "```"
-        if transformer_kwargs is not None
-        else "```python\nfrom rq_hf import RQVAEModel\n\nvae = RQVAEModel.from_pretrained(PATH)\n```"
+    license_text = (
+        "The weights are released by Kakao Brain under the **Creative Commons Attribution-NonCommercial-ShareAlike "
+        "4.0 International licence (CC-BY-NC-SA-4.0)**: no commercial use; derivatives must be shared under the "
+        "same licence, with attribution. The original code is Apache-2.0; rq-hf is Apache-2.0."
     )
-    content = f"""---
-{data.to_yaml()}
----
-
-# RQ-VAE / RQ-Transformer: {checkpoint_name}
-
-{what.capitalize()} of "Autoregressive Image Generation using Residual Quantization" (Lee et al., CVPR 2022,
-[arXiv 2203.01941]({PAPER})), converted to the Hugging Face format of rq-hf.
-
-## License
-
-The weights are released by Kakao Brain under the **Creative Commons Attribution-NonCommercial-ShareAlike 4.0
-International licence (CC-BY-NC-SA-4.0)**: no commercial use; derivatives must be shared under the same
-licence, with attribution. The original code is Apache-2.0; rq-hf is Apache-2.0.
-
-## Usage
-
-{usage}
-
-## Conversion notes
-
-{chr(10).join(notes)}
-
-## Citation
-
-```bibtex
-@inproceedings{{lee2022autoregressive,
-  title={{Autoregressive Image Generation using Residual Quantization}},
-  author={{Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin}},
-  booktitle={{CVPR}},
-  year={{2022}}
-}}
-```
-"""
-    return str(ModelCard(content))
+    return {
+        "license": WEIGHTS_LICENSE,
+        "extra_tags": ["residual-quantization"],
+        "sections": {"License": license_text, "Conversion notes": "\n".join(notes)},
+    }
 
 
 def _find_stage(checkpoint_dir: str, stage: str) -> Optional[Tuple[str, str]]:
@@ -842,40 +790,19 @@ def convert_checkpoint_dir(
             RQTransformerForCausalImageModeling, RQTransformerConfig(**tr_kwargs), tr_sd
         )
 
+    name = os.path.basename(os.path.normpath(checkpoint_dir))
+    card_kwargs = model_card_kwargs(name, config1, config2, tr_kwargs)
     with atomic_save_directory(output_dir, replace="all") as tmp:  # all or nothing, old folder kept on failure
         if transformer is None:
             written = "rqvae"
-            vae.save_pretrained(tmp)
+            vae.save_pretrained(tmp, model_card_kwargs=card_kwargs)
         else:
+            from ..pipelines.pipeline_rq_transformer import RQTransformerPipeline
+
             written = "pipeline"
-            try:
-                from ..pipelines.pipeline_rq_transformer import RQTransformerPipeline
-            except ImportError:  # pipeline not available: the two component folders only
-                logger.warning(
-                    "RQTransformerPipeline is not available; writing vqvae/ and transformer/ only."
-                )
-                vae.save_pretrained(os.path.join(tmp, "vqvae"))
-                transformer.save_pretrained(os.path.join(tmp, "transformer"))
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-            else:
-                RQTransformerPipeline(vqvae=vae, transformer=transformer, tokenizer=tokenizer).save_pretrained(tmp)
-        name = os.path.basename(os.path.normpath(checkpoint_dir))
-        with open(os.path.join(tmp, "README.md"), "w") as fh:
-            fh.write(model_card_text(name, config1, config2, tr_kwargs))
+            pipeline = RQTransformerPipeline(vqvae=vae, transformer=transformer, tokenizer=tokenizer)
+            pipeline.save_pretrained(tmp, model_card_kwargs=card_kwargs)
     return written
-
-
-def push_folder_to_hub(folder: str, repo_id: str, private: bool = False, token: Optional[str] = None) -> str:
-    """Create ``repo_id`` (if needed) and upload ``folder`` to it; return the commit URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, commit_message="Convert official RQ-VAE weights"
-    )
-    return str(info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -946,7 +873,11 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     kind = "an RQTransformerPipeline" if written == "pipeline" else "an RQVAEModel"
     print(f"wrote {kind} folder to {args.output_dir}")
     if args.push_to_hub:
-        print(push_folder_to_hub(args.output_dir, args.hub_model_id, private=args.private))
+        from ..models.hub_utils import push_folder_to_hub
+
+        commit = push_folder_to_hub(args.output_dir, args.hub_model_id, private=args.private,
+                                    commit_message="Convert official RQ-VAE weights")
+        print(commit)
     return 0
 
 

@@ -55,7 +55,7 @@ def classifier_metadata(path: str | os.PathLike | None = None) -> dict[str, str]
 
 def fashion_mnist_tensors(split: str):
     """``ImageSet`` of a Fashion-MNIST split: images (N, 1, 32, 32) in [-1, 1] padded from 28x28, labels."""
-    from ..training import load_fashion_mnist
+    from ..data import load_fashion_mnist
     from .model_evaluation import load_image_tensors
 
     return load_image_tensors(load_fashion_mnist(split), 32, num_channels=1, pad_to_resolution=True,

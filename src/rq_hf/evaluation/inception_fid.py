@@ -266,6 +266,36 @@ class FIDReport:
     real_vs_real_fid: float
 
 
+def real_and_fake_features(
+    real_images: torch.Tensor,
+    fake_images: torch.Tensor,
+    feature_extractor: FeatureExtractor,
+    batch_size: int = 50,
+    device: torch.device | str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features `(real_a, real_b, fake)` of 2N real images, split into the disjoint halves A and B, and N fakes.
+
+    Args:
+        real_images: (2N, C, H, W) in [-1, 1]: subset A is the first N, B the last N.
+        fake_images: (N, C, H, W) in [-1, 1].
+    """
+    n = fake_images.shape[0]
+    if real_images.shape[0] != 2 * n:
+        raise ValueError(f"`real_images` must hold 2 * len(fake_images) = {2 * n} images, got {real_images.shape[0]}")
+    real = extract_features(real_images, feature_extractor, batch_size, device)
+    fake = extract_features(fake_images, feature_extractor, batch_size, device)
+    return real[:n], real[n:], fake
+
+
+def fid_report(real_a: torch.Tensor, real_b: torch.Tensor, fake: torch.Tensor) -> FIDReport:
+    """[`FIDReport`] of the features of [`real_and_fake_features`]: FID of the fakes and of B against A."""
+    return FIDReport(
+        num_images=fake.shape[0],
+        fid=frechet_distance(real_a, fake),
+        real_vs_real_fid=frechet_distance(real_a, real_b),
+    )
+
+
 def fid_with_real_baseline(
     real_images: torch.Tensor,
     fake_images: torch.Tensor,
@@ -302,14 +332,9 @@ def fid_with_real_baseline(
     if feature_extractor is None:
         feature_extractor = InceptionFeatureExtractor()
     order = torch.randperm(real_images.shape[0], generator=generator)
-    real = extract_features(real_images[order[: 2 * n]], feature_extractor, batch_size, device)
-    fake = extract_features(fake_images[:n], feature_extractor, batch_size, device)
-    real_a, real_b = real[:n], real[n:]
-    return FIDReport(
-        num_images=n,
-        fid=frechet_distance(real_a, fake),
-        real_vs_real_fid=frechet_distance(real_a, real_b),
-    )
+    features = real_and_fake_features(real_images[order[: 2 * n]], fake_images[:n], feature_extractor, batch_size,
+                                      device)
+    return fid_report(*features)
 
 
 __all__ = [
@@ -317,9 +342,11 @@ __all__ = [
     "InceptionFeatureExtractor",
     "extract_features",
     "fid",
+    "fid_report",
     "fid_with_real_baseline",
     "frechet_distance",
     "inception_weights_path",
     "kernel_distance",
     "kid",
+    "real_and_fake_features",
 ]

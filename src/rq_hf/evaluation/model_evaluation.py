@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from .classifier import predict
-from .inception_fid import FeatureExtractor, extract_features, frechet_distance, kernel_distance
+from .inception_fid import (
+    FeatureExtractor,
+    extract_features,
+    fid_report,
+    frechet_distance,
+    kernel_distance,
+    real_and_fake_features,
+)
 from .likelihood import evaluate_nll
 from .precision_recall import precision_recall
 from .reconstruction import SSIM_KERNEL_SIZE, SSIM_SIGMA, codebook_usage, psnr, ssim
@@ -58,7 +65,7 @@ def load_image_tensors(
     """
     from torch.utils.data import DataLoader
 
-    from ..training.data import ImageTransform, collate_images, with_image_transform
+    from ..data import ImageTransform, collate_images, with_image_transform
 
     if max_samples is not None:
         if not isinstance(max_samples, int) or max_samples < 1:
@@ -276,25 +283,23 @@ def evaluate_generation(
     order = torch.randperm(reference_images.shape[0], generator=generator)[: 2 * num_images]
     real = reference_images[order]
     report: dict[str, Any] = {"num_images": num_images, "sampling": {k: v for k, v in sampling_kwargs.items()}}
-    if feature_extractor is not None:
-        real_features = extract_features(real, feature_extractor, batch_size)
-        fake_features = extract_features(fake, feature_extractor, batch_size)
-        real_a, real_b = real_features[:num_images], real_features[num_images:]
+    if feature_extractor is not None:  # as `fid_with_real_baseline`, plus KID on the same features
+        real_a, real_b, fake_features = real_and_fake_features(real, fake, feature_extractor, batch_size)
+        fid = fid_report(real_a, real_b, fake_features)
         report.update(
-            fid=frechet_distance(real_a, fake_features),
-            real_vs_real_fid=frechet_distance(real_a, real_b),
+            fid=fid.fid,
+            real_vs_real_fid=fid.real_vs_real_fid,
             kid=list(kernel_distance(real_a, fake_features, subsets=kid_subsets, generator=generator)),
             real_vs_real_kid=list(kernel_distance(real_a, real_b, subsets=kid_subsets, generator=generator)),
         )
     if classifier is not None:
-        real_features = extract_features(real, classifier.features, batch_size)
-        fake_features = extract_features(fake, classifier.features, batch_size)
-        real_a, real_b = real_features[:num_images], real_features[num_images:]
+        real_a, real_b, fake_features = real_and_fake_features(real, fake, classifier.features, batch_size)
+        fid = fid_report(real_a, real_b, fake_features)
         pr = precision_recall(real_a, fake_features)
         pr_real = precision_recall(real_a, real_b)
         report.update(
-            classifier_fid=frechet_distance(real_a, fake_features),
-            classifier_real_vs_real_fid=frechet_distance(real_a, real_b),
+            classifier_fid=fid.fid,
+            classifier_real_vs_real_fid=fid.real_vs_real_fid,
             precision=pr.precision,
             recall=pr.recall,
             real_vs_real_precision=pr_real.precision,

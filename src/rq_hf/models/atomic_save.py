@@ -299,3 +299,15 @@ def atomic_save_directory(save_directory: str | os.PathLike, replace: str = "mod
         shutil.rmtree(staging, ignore_errors=True)
         raise
     commit(staging, save_directory, replace=replace)
+
+
+@contextlib.contextmanager
+def atomic_save_file(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a path to write the file `path` to; on success it replaces `path` (the folder's other entries stay).
+
+    The same mechanism as [`atomic_save_directory`] (`replace="entries"`): a failed write leaves an earlier file
+    at `path` intact.
+    """
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    with atomic_save_directory(folder, replace="entries") as staging:
+        yield os.path.join(staging, name)

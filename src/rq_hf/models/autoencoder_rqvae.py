@@ -188,61 +188,6 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
                 )
         return height // f, width // f, self.config.code_depth
 
-    def _check_images(self, sample: torch.Tensor, name: str = "sample", allow_non_finite: bool = False) -> None:
-        """Type, shape, batch, finiteness and range (`[-1, 1]` up to `_IMAGE_RANGE_SLACK`) of input images."""
-        if not isinstance(sample, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(sample).__name__}.")
-        if not sample.is_floating_point():
-            raise TypeError(
-                f"`{name}` must be a floating point tensor with values in [-1, 1], got dtype {sample.dtype}."
-            )
-        if sample.ndim != 4:
-            raise ValueError(f"`{name}` must have shape (B, C, H, W), got shape {tuple(sample.shape)}.")
-        if sample.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"`{name}` must have in_channels={self.config.in_channels} channels, got {sample.shape[1]} "
-                f"(shape {tuple(sample.shape)})."
-            )
-        f = self.downsample_factor
-        if sample.shape[2] % f or sample.shape[3] % f:
-            raise ValueError(
-                f"`{name}` height and width must be multiples of the down-sampling factor {f}, "
-                f"got {sample.shape[2]}x{sample.shape[3]}."
-            )
-        if sample.shape[0] == 0:
-            raise ValueError(f"`{name}` must hold at least one image, got shape {tuple(sample.shape)}.")
-        low, high = (float(v) for v in torch.aminmax(sample.detach()))  # NaN if any value is NaN
-        if not (math.isfinite(low) and math.isfinite(high)):
-            if allow_non_finite:
-                return
-            count = int((~torch.isfinite(sample)).sum())
-            raise ValueError(f"`{name}` must be finite, got {count} NaN/inf values (shape {tuple(sample.shape)}).")
-        if low < -1 - _IMAGE_RANGE_SLACK or high > 1 + _IMAGE_RANGE_SLACK:
-            raise ValueError(
-                f"`{name}` must hold values in [-1, 1] (e.g. uint8 pixels / 127.5 - 1), got values in "
-                f"[{low:.4g}, {high:.4g}]."
-            )
-
-    def _check_latents(self, latents: torch.Tensor) -> None:
-        if not isinstance(latents, torch.Tensor):
-            raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
-        if not latents.is_floating_point():
-            raise TypeError(f"`latents` must be a floating point tensor, got dtype {latents.dtype}.")
-        if latents.ndim != 4 or latents.shape[1] != self._vq_embed_dim:
-            raise ValueError(
-                f"`latents` must have shape (B, vq_embed_dim={self._vq_embed_dim}, h, w), "
-                f"got shape {tuple(latents.shape)}."
-            )
-
-    # ------------------------------------------------------------------ building blocks
-    def _latents(self, sample: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(sample))
-
-    def _decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
-        quantized = quantized.to(self.post_quant_conv.weight.dtype)
-        return self.decoder(self.post_quant_conv(quantized))
-
-    # ------------------------------------------------------------------ public API
     @apply_forward_hook
     def encode(
         self, x: torch.Tensor, return_dict: bool = True
@@ -313,3 +258,61 @@ class RQVAEModel(RQHubMixin, ModelMixin, ConfigMixin):
             perplexity=quantizer_output.perplexity,
         )
         return output if return_dict else output.to_tuple()
+
+    # ------------------------------------------------------------------ guards and internals
+
+    def _check_images(self, sample: torch.Tensor, name: str = "sample", allow_non_finite: bool = False) -> None:
+        """Type, shape, batch, finiteness and range (`[-1, 1]` up to `_IMAGE_RANGE_SLACK`) of input images."""
+        if not isinstance(sample, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(sample).__name__}.")
+        if not sample.is_floating_point():
+            raise TypeError(
+                f"`{name}` must be a floating point tensor with values in [-1, 1], got dtype {sample.dtype}."
+            )
+        if sample.ndim != 4:
+            raise ValueError(f"`{name}` must have shape (B, C, H, W), got shape {tuple(sample.shape)}.")
+        if sample.shape[1] != self.config.in_channels:
+            raise ValueError(
+                f"`{name}` must have in_channels={self.config.in_channels} channels, got {sample.shape[1]} "
+                f"(shape {tuple(sample.shape)})."
+            )
+        f = self.downsample_factor
+        if sample.shape[2] % f or sample.shape[3] % f:
+            raise ValueError(
+                f"`{name}` height and width must be multiples of the down-sampling factor {f}, "
+                f"got {sample.shape[2]}x{sample.shape[3]}."
+            )
+        if sample.shape[0] == 0:
+            raise ValueError(f"`{name}` must hold at least one image, got shape {tuple(sample.shape)}.")
+        low, high = (float(v) for v in torch.aminmax(sample.detach()))  # NaN if any value is NaN
+        if not (math.isfinite(low) and math.isfinite(high)):
+            if allow_non_finite:
+                return
+            count = int((~torch.isfinite(sample)).sum())
+            raise ValueError(f"`{name}` must be finite, got {count} NaN/inf values (shape {tuple(sample.shape)}).")
+        if low < -1 - _IMAGE_RANGE_SLACK or high > 1 + _IMAGE_RANGE_SLACK:
+            raise ValueError(
+                f"`{name}` must hold values in [-1, 1] (e.g. uint8 pixels / 127.5 - 1), got values in "
+                f"[{low:.4g}, {high:.4g}]."
+            )
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(f"`latents` must be a torch.Tensor, got {type(latents).__name__}.")
+        if not latents.is_floating_point():
+            raise TypeError(f"`latents` must be a floating point tensor, got dtype {latents.dtype}.")
+        if latents.ndim != 4 or latents.shape[1] != self._vq_embed_dim:
+            raise ValueError(
+                f"`latents` must have shape (B, vq_embed_dim={self._vq_embed_dim}, h, w), "
+                f"got shape {tuple(latents.shape)}."
+            )
+
+    # ------------------------------------------------------------------ building blocks
+    def _latents(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.quant_conv(self.encoder(sample))
+
+    def _decode_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
+        quantized = quantized.to(self.post_quant_conv.weight.dtype)
+        return self.decoder(self.post_quant_conv(quantized))
+
+    # ------------------------------------------------------------------ public API

@@ -28,6 +28,10 @@ def _check_positive_number(name: str, value: object) -> None:
         raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
 
 
+#: The sizes a model gets when they are built unset (the paper's ImageNet 256px setting).
+_PAPER_SIZES = {"vocab_size": 16384, "code_shape": (8, 8, 4), "code_embedding_dim": 256}
+
+
 class RQTransformerConfig(PreTrainedConfig):
     r"""Configuration of [`RQTransformerForCausalImageModeling`].
 
@@ -44,10 +48,15 @@ class RQTransformerConfig(PreTrainedConfig):
       official CC-3M models; the prefix positions also predict the next caption token (an auxiliary text loss
       weighted by `text_loss_weight`, the image loss by `image_loss_weight`).
 
+    The sizes the RQ-VAE decides (`vocab_size`, `code_shape`, `code_embedding_dim`) may be left unset: they are
+    filled from the RQ-VAE when a transformer is built for one ([`~RQTransformerConfig.fill_from_vqvae`], which
+    `examples/train_rq_transformer.py` calls); a model built while they are unset takes the paper's sizes
+    (16384, `[8, 8, 4]`, 256).
+
     Args:
-        vocab_size (`int`, defaults to 16384):
+        vocab_size (`int`, *optional*):
             Size K of the RQ-VAE codebook; codes are integers in `[0, vocab_size)`.
-        code_shape (`list[int]`, defaults to `[8, 8, 4]`):
+        code_shape (`list[int]`, *optional*):
             Shape `(h, w, D)` of the code map of one image: `h * w` spatial positions with `D` codes each.
         hidden_size (`int`, defaults to 512):
             Width of both transformers (the official code's `embed_dim`).
@@ -92,7 +101,7 @@ class RQTransformerConfig(PreTrainedConfig):
             During training, the probability with which a caption is replaced by the empty caption (needed to
             sample with classifier-free guidance; the official text models were trained without it). Only
             allowed for text-conditional models.
-        code_embedding_dim (`int`, defaults to 256):
+        code_embedding_dim (`int`, *optional*):
             Width of the code embedding table (the RQ-VAE codebook width, official `input_embed_dim`);
             the code embeddings are projected to `hidden_size` by one Linear for the spatial input and
             another one for the depth input.
@@ -122,8 +131,8 @@ class RQTransformerConfig(PreTrainedConfig):
 
     model_type = "rq_transformer"
 
-    vocab_size: int = 16384
-    code_shape: list[int] | tuple[int, ...] = (8, 8, 4)
+    vocab_size: int | None = None
+    code_shape: list[int] | tuple[int, ...] | None = None
     hidden_size: int = 512
     num_spatial_layers: int = 12
     num_depth_layers: int = 2
@@ -140,14 +149,17 @@ class RQTransformerConfig(PreTrainedConfig):
     text_loss_weight: float = 0.1
     image_loss_weight: float = 0.9
     caption_dropout_prob: float = 0.0
-    code_embedding_dim: int = 256
+    code_embedding_dim: int | None = None
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self, **kwargs) -> None:
-        self.code_shape = self._checked_code_shape(self.code_shape)
-        for name in ("vocab_size", "hidden_size", "num_spatial_layers", "num_depth_layers",
-                     "num_attention_heads", "code_embedding_dim"):
+        if self.code_shape is not None:
+            self.code_shape = self._checked_code_shape(self.code_shape)
+        for name in ("vocab_size", "code_embedding_dim"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        for name in ("hidden_size", "num_spatial_layers", "num_depth_layers", "num_attention_heads"):
             _check_positive_int(name, getattr(self, name))
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
@@ -223,6 +235,39 @@ class RQTransformerConfig(PreTrainedConfig):
                 f"`code_shape` must be three positive integers (h, w, D), got {code_shape!r}."
             )
         return [int(s) for s in code_shape]
+
+    def fill_from_vqvae(self, vqvae, code_shape: list[int] | tuple[int, ...] | None = None) -> None:
+        """Set the unset sizes that the RQ-VAE `vqvae` decides; a set one that disagrees raises `ValueError`.
+
+        Args:
+            vqvae ([`RQVAEModel`]):
+                The RQ-VAE whose codes the transformer models: `vocab_size` is its codebook size and
+                `code_embedding_dim` the width of its codebook vectors.
+            code_shape (`list[int]`, *optional*):
+                The `(h, w, D)` code map of the training images (`vqvae.code_shape_for(height, width)`); by default
+                that of `vqvae.config.sample_size`.
+        """
+        if code_shape is None:
+            code_shape = vqvae.code_shape_for(vqvae.config.sample_size, vqvae.config.sample_size)
+        derived = {
+            "vocab_size": vqvae.config.codebook_size,
+            "code_embedding_dim": vqvae.quantizer.dim,
+            "code_shape": self._checked_code_shape(list(code_shape)),
+        }
+        for name, value in derived.items():
+            current = getattr(self, name)
+            if current is not None and current != value:
+                raise ValueError(
+                    f"`{name}` must be unset (taken from the RQ-VAE) or equal the RQ-VAE's, got {name}={current} "
+                    f"where the RQ-VAE needs {name}={value}."
+                )
+            setattr(self, name, value)
+
+    def fill_unset_sizes(self) -> None:
+        """Give the sizes still unset the paper's values (what a model built without an RQ-VAE gets)."""
+        for name, value in _PAPER_SIZES.items():
+            if getattr(self, name) is None:
+                setattr(self, name, list(value) if isinstance(value, tuple) else value)
 
     @property
     def num_positions(self) -> int:

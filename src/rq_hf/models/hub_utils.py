@@ -10,7 +10,7 @@ import itertools
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -57,12 +57,19 @@ from rq_hf import RQTransformerForCausalImageModeling
 model = RQTransformerForCausalImageModeling.from_pretrained("{repo_id}")
 codes = model.generate_codes({call_args}generator=torch.Generator().manual_seed(0))
 ```""",
+    "lora": """```python
+from rq_hf import RQTransformerPipeline
+
+pipe = RQTransformerPipeline.from_pretrained(BASE_PIPELINE)  # the pipeline of the base transformer
+pipe.load_lora_weights("{repo_id}")
+```""",
 }
 
 _TITLES = {
     "pipeline": "RQ-Transformer image generation pipeline",
     "rqvae": "RQ-VAE image tokenizer",
     "rq_transformer": "RQ-Transformer",
+    "lora": "LoRA adapter of an RQ-Transformer",
 }
 
 
@@ -77,11 +84,12 @@ def build_model_card(
     extra_tags: list[str] | None = None,
     notes: str | None = None,
     example_prompt: str | None = None,
+    sections: dict[str, str] | None = None,
 ) -> ModelCard:
     """Build the model card (``README.md``) of an rq-hf model or pipeline.
 
     Args:
-        kind: ``"pipeline"``, ``"rqvae"`` or ``"rq_transformer"``.
+        kind: ``"pipeline"``, ``"rqvae"``, ``"rq_transformer"`` or ``"lora"`` (an adapter folder).
         config: the configuration shown in the card (JSON-serialisable values).
         repo_id: the Hub id used in the usage snippet (a placeholder when ``None``).
         class_names: class names of a class-conditional model, in class-id order.
@@ -92,6 +100,7 @@ def build_model_card(
         notes: free text appended to the description (e.g. provenance of converted weights).
         example_prompt: a caption of a text-conditional model: the usage snippet passes it and the card's
             pipeline tag is ``text-to-image``.
+        sections: more sections (title -> Markdown), after the configuration (e.g. ``{"Training": ...}``).
     """
     if kind not in _USAGE:
         raise ValueError(f"`kind` must be one of {sorted(_USAGE)}, got {kind!r}.")
@@ -130,35 +139,42 @@ def build_model_card(
         lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {value} |" for name, value in metrics.items()]
     lines += ["", "## Configuration", "", "```json", json.dumps(config, indent=2, sort_keys=True, default=str), "```"]
+    for title, text in (sections or {}).items():
+        lines += ["", f"## {title}", "", text.strip()]
     lines += ["", "## Citation", "", _CITATION, ""]
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
 
 
 def push_folder_to_hub(
-    write_folder: Callable[[str], None],
+    folder: str | os.PathLike,
     repo_id: str,
     commit_message: str | None = None,
     private: bool | None = None,
     token: str | None = None,
     create_pr: bool = False,
 ) -> Any:
-    """Write a folder with ``write_folder(path)`` into a temporary directory and upload it to ``repo_id``.
+    """Upload the saved `folder`, model card (`README.md`) included, to the Hub repo `repo_id` (created if needed).
 
-    Checkpoint folders of a training run (``checkpoint-*``, ``step_*``, ``epoch_*``) are never uploaded.
+    Checkpoints of a training run (`checkpoint-*`, `step_*`, `epoch_*`) and hidden entries (staging folders of
+    an atomic save) are never uploaded. Returns the `CommitInfo` of the upload.
     """
+    if not os.path.isfile(os.path.join(folder, "README.md")):
+        raise FileNotFoundError(f"`folder` must hold a model card (README.md) to upload, got {os.fspath(folder)!r}")
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    with tempfile.TemporaryDirectory() as tmp:
-        write_folder(tmp)
-        if not os.path.isfile(os.path.join(tmp, "README.md")):
-            raise RuntimeError("the folder to upload has no model card (README.md)")
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=tmp,
-            commit_message=commit_message or "Upload with rq-hf",
-            create_pr=create_pr,
-            ignore_patterns=["step_*", "epoch_*", "checkpoint-*"],
-        )
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        commit_message=commit_message or "Upload with rq-hf",
+        create_pr=create_pr,
+        ignore_patterns=["step_*", "epoch_*", "checkpoint-*", ".*"],
+    )
+
+
+def tensors_on_meta(model: Any) -> list[str]:
+    """Names of the parameters and buffers of `model` that sit on the meta device (no data)."""
+    named = itertools.chain(model.named_parameters(), model.named_buffers())
+    return [name for name, tensor in named if tensor.is_meta]
 
 
 def copy_module_sources(module_file: str | os.PathLike, destination: str | os.PathLike) -> list[str]:
@@ -295,10 +311,10 @@ def check_loading_info(model: Any, source: str, info: dict, strict: bool) -> Non
             "on purpose (fine-tuning), pass `strict=False`: missing weights are then newly initialised and "
             "unexpected ones ignored."
         )
-    tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
     # only the missing ones: weights offloaded by a `device_map` also sit on the meta device, on purpose
-    on_meta = [name for name in missing if name in tensors and tensors[name].is_meta]
+    on_meta = [name for name in tensors_on_meta(model) if name in missing]
     if on_meta:
+        tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
         from accelerate.utils import set_module_tensor_to_device
 
         fresh = type(model).from_config(model.config)  # diffusers (transformers initialises missing weights)
@@ -350,16 +366,25 @@ class RQHubMixin:
         """Hook: more keyword arguments of `build_model_card` (e.g. `example_prompt`, `notes`)."""
         return {}
 
-    def model_card(self, repo_id: str | None = None, metrics: dict[str, Any] | None = None) -> ModelCard:
-        """The model card (`README.md`) that `save_pretrained` writes and `push_to_hub` uploads."""
+    def model_card(
+        self, repo_id: str | None = None, metrics: dict[str, Any] | None = None, **card_kwargs: Any
+    ) -> ModelCard:
+        """The model card (`README.md`) that `save_pretrained` writes and `push_to_hub` uploads.
+
+        `card_kwargs` go to [`build_model_card`] (e.g. `sections`, `notes`, `license`, `extra_tags`).
+        """
+        kwargs = {
+            "library_name": "transformers" if self._model_card_kind == "rq_transformer" else "diffusers",
+            **self._model_card_extra(),
+            **card_kwargs,
+        }
         return build_model_card(
             self._model_card_kind,
             self._model_card_config(),
             repo_id=repo_id,
             class_names=self._model_card_class_names(),
             metrics=metrics,
-            library_name="transformers" if self._model_card_kind == "rq_transformer" else "diffusers",
-            **self._model_card_extra(),
+            **kwargs,
         )
 
     def save_pretrained(
@@ -368,13 +393,15 @@ class RQHubMixin:
         *args,
         metrics: dict[str, Any] | None = None,
         repo_id: str | None = None,
+        model_card_kwargs: dict[str, Any] | None = None,
         **kwargs,
     ) -> None:
         """Save as the base class does, plus a model card, atomically.
 
         Everything is written beside `save_directory` and moved into place once complete: an interrupted save
-        leaves an earlier folder at that path intact. `metrics` (name -> value) are listed in the card; use
-        `push_to_hub(repo_id)` to upload.
+        leaves an earlier folder at that path intact. `metrics` (name -> value) are listed in the card and
+        `model_card_kwargs` go to [`build_model_card`] (e.g. `{"sections": {"Training": ...}}`); use
+        `push_to_hub(repo_id)`, or [`push_folder_to_hub`] on the saved folder, to upload.
         """
         if kwargs.pop("push_to_hub", False):
             raise ValueError("`push_to_hub=True` is not supported here: call `.push_to_hub(repo_id)` instead.")
@@ -383,7 +410,8 @@ class RQHubMixin:
         with atomic_save_directory(save_directory) as staging:
             super().save_pretrained(staging, *args, **kwargs)
             self._write_extra_files(staging)
-            self.model_card(repo_id=repo_id, metrics=metrics).save(os.path.join(staging, "README.md"))
+            card = self.model_card(repo_id=repo_id, metrics=metrics, **(model_card_kwargs or {}))
+            card.save(os.path.join(staging, "README.md"))
 
     def push_to_hub(
         self,
@@ -396,11 +424,8 @@ class RQHubMixin:
         **save_kwargs,
     ):
         """Save into a temporary folder (weights, config, code, model card) and upload it to the Hub `repo_id`."""
-        return push_folder_to_hub(
-            lambda folder: self.save_pretrained(folder, metrics=metrics, repo_id=repo_id, **save_kwargs),
-            repo_id,
-            commit_message=commit_message,
-            private=private,
-            token=token,
-            create_pr=create_pr,
-        )
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, metrics=metrics, repo_id=repo_id, **save_kwargs)
+            return push_folder_to_hub(
+                folder, repo_id, commit_message=commit_message, private=private, token=token, create_pr=create_pr
+            )

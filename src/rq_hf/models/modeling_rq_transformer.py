@@ -68,6 +68,7 @@ to the weights as flat remote code.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, StaticLayer
 from transformers.generation.logits_process import (
@@ -330,6 +331,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
     _input_embed_layer = "code_embeddings"  # what `get_input_embeddings()` returns (accelerate's FSDP2 asks)
 
     def __init__(self, config: RQTransformerConfig) -> None:
+        config.fill_unset_sizes()  # a config built for an RQ-VAE has them (`config.fill_from_vqvae(vqvae)`)
         super().__init__(config)
         height, width, depth = config.code_shape
         hidden = config.hidden_size
@@ -749,7 +751,8 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             num_prefix_positions: number of kept positions, in [0, h * w].
             callback: called as `callback(position, num_positions, codes)` after each sampled position
                 (`position` is the 0-based raster index just completed, `num_positions = h * w`, `codes` the
-                (batch, h, w, D) codes so far; positions from `num_prefix_positions` on).
+                (batch, h, w, D) codes so far; positions from `num_prefix_positions` on). When it returns `True`,
+                sampling stops there: the positions not sampled stay 0.
             text_ids: long (batch, max_text_length) caption token ids for text-conditional models (see
                 `forward`); must be None for other models.
             negative_text_ids: long (batch, max_text_length), text models with guidance only: the caption of
@@ -911,8 +914,8 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 codes[:batch_size, position, d] = sampled
                 if guided:
                     codes[batch_size:, position, d] = sampled
-            if callback is not None:
-                callback(position, num_positions, output)
+            if callback is not None and callback(position, num_positions, output) is True:
+                break
         return output.clone()
 
 
@@ -980,19 +983,11 @@ class _StaticDecoding:
         return type(None), ()
 
 
-def _register_auto_classes() -> None:
-    """Make `AutoConfig`/`AutoModel` know the model (once, even if this file is imported twice)."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    if RQTransformerConfig.model_type not in CONFIG_MAPPING:
-        AutoConfig.register(RQTransformerConfig.model_type, RQTransformerConfig)
-        AutoModel.register(RQTransformerConfig, RQTransformerForCausalImageModeling)
-    # Saved folders carry this code so that `trust_remote_code=True` loads them without rq_hf installed.
-    RQTransformerConfig.register_for_auto_class()
-    RQTransformerForCausalImageModeling.register_for_auto_class("AutoModel")
-
-
-_register_auto_classes()
+# Saved folders carry this code so that `trust_remote_code=True` loads them without rq_hf installed.
+RQTransformerConfig.register_for_auto_class()
+RQTransformerForCausalImageModeling.register_for_auto_class("AutoModel")
+if __package__ == "rq_hf.models":  # not in a saved folder's flat copy, which has no rq_hf beside it
+    importlib.import_module("rq_hf.auto_registration").register_model(RQTransformerForCausalImageModeling)
 
 __all__ = [
     "RQKeyValueCache",

@@ -46,8 +46,8 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         vqvae ([`RQVAEModel`]): encodes images to codes (B, h, w, D) and decodes codes to images.
         transformer ([`RQTransformerForCausalImageModeling`]): models the codes autoregressively.
         id2label (`dict[int, str]`, *optional*): class names of a class-conditional transformer; when given,
-            they are stored in `transformer.config.id2label` (and saved with it). As in `DiTPipeline`, a name may
-            list synonyms separated by commas.
+            the pipeline keeps them (and saves them in `model_index.json`) in place of `transformer.config.id2label`,
+            which stays as it is. As in `DiTPipeline`, a name may list synonyms separated by commas.
         tokenizer ([`PreTrainedTokenizerFast`], *optional*): the caption tokenizer of a text-conditional
             transformer (required for one, refused for others); its padding token must be the transformer's
             `text_pad_token_id` and its vocabulary fit in `text_vocab_size`.
@@ -58,6 +58,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
 
     model_cpu_offload_seq = "transformer->vqvae"
     _optional_components = ["tokenizer"]
+    _callback_tensor_inputs = ["codes"]
 
     def __init__(self, vqvae, transformer, id2label: dict[int, str] | None = None, tokenizer=None):
         super().__init__()
@@ -67,9 +68,13 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
             if transformer.config.num_classes is None:
                 raise ValueError("`id2label` was given but the transformer is unconditional (num_classes=None).")
             id2label = {int(k): str(v) for k, v in id2label.items()}
-            transformer.config.id2label = id2label
-            transformer.config.label2id = {v: k for k, v in id2label.items()}
+            if sorted(id2label) != list(range(transformer.config.num_classes)):
+                last = transformer.config.num_classes - 1
+                raise ValueError(f"`id2label` must name the classes 0..{last}, got ids {sorted(id2label)}.")
         self.register_modules(vqvae=vqvae, transformer=transformer, tokenizer=tokenizer)
+        self.register_to_config(id2label=id2label)
+        self._id2label = id2label
+        self._interrupt = False
         self.image_processor = VaeImageProcessor(
             vae_scale_factor=vqvae.downsample_factor,
             do_convert_grayscale=vqvae.config.in_channels == 1,
@@ -129,7 +134,12 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         """Class id -> name of a class-conditional transformer (empty for unconditional ones)."""
         if self.transformer.config.num_classes is None:
             return {}
-        return {int(k): v for k, v in (self.transformer.config.id2label or {}).items()}
+        return {int(k): v for k, v in (self._id2label or self.transformer.config.id2label or {}).items()}
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` in `callback_on_step_end` to stop sampling (as in diffusers pipelines)."""
+        return self._interrupt
 
     @property
     def labels(self) -> dict[str, int]:
@@ -299,7 +309,8 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         num_prefix_positions: int = 0,
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[..., Any] | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
@@ -327,8 +338,12 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
             output_type: `"pil"` (list of PIL images), `"np"` ((B, H, W, C) in [0, 1]), `"pt"` ((B, C, H, W) in
                 [0, 1]) or `"latent"` (the codes, long (B, h, w, D)).
             return_dict: return an `ImagePipelineOutput` (else a tuple).
-            callback_on_step_end: called as `callback_on_step_end(pipe, step, step, {"codes": codes})` after each
-                sampled code position; `codes` (B, h, w, D) holds the positions sampled so far.
+            callback_on_step_end: called as `callback_on_step_end(pipe, step, step, callback_kwargs)` after each
+                sampled code position and returning a dict, as in diffusers; `callback_kwargs["codes"]` (B, h, w, D)
+                holds the positions sampled so far (read-only: the key/value caches already hold them). Setting
+                `pipe._interrupt = True` there stops sampling; the positions not sampled stay 0 and are decoded.
+            callback_on_step_end_tensor_inputs: the names in `callback_kwargs`, among `_callback_tensor_inputs`
+                (`["codes"]`, the default).
             prompt: the caption(s) of a text-conditional model, one per group of `num_images_per_prompt`
                 images; refused by other models.
             negative_prompt: with `guidance_scale != 1`, the caption(s) of the unconditional branch (one, or one
@@ -339,6 +354,15 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        tensor_inputs = self._callback_tensor_inputs if callback_on_step_end_tensor_inputs is None else list(
+            callback_on_step_end_tensor_inputs
+        )
+        if not set(tensor_inputs) <= set(self._callback_tensor_inputs):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be among {self._callback_tensor_inputs}, "
+                f"got {tensor_inputs}."
+            )
+        self._interrupt = False
         device = self._execution_device
         condition, batch_size = self._condition(
             class_labels, prompt, negative_prompt, num_images, num_images_per_prompt
@@ -355,10 +379,14 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         h, w, _ = self.transformer.config.code_shape
         with self.progress_bar(total=h * w) as progress_bar:
 
-            def on_position(position: int, num_positions: int, codes: torch.Tensor) -> None:
+            def on_position(position: int, num_positions: int, codes: torch.Tensor) -> bool:
                 progress_bar.update()
                 if callback_on_step_end is not None:
-                    callback_on_step_end(self, position, position, {"codes": codes})
+                    outputs = callback_on_step_end(self, position, position, {name: codes for name in tensor_inputs})
+                    if not isinstance(outputs, dict):
+                        got = type(outputs).__name__
+                        raise TypeError(f"`callback_on_step_end` must return a dict (as in diffusers), got {got}.")
+                return self.interrupt  # True stops `generate_codes`
 
             # `generate_codes` is not `forward`: apply the offload hook of `enable_model_cpu_offload` to it
             generate_codes = apply_forward_hook(type(self.transformer).generate_codes)
@@ -422,7 +450,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         except ValueError as err:
             raise ValueError(f"{index_path!r} is not valid JSON ({err}).") from None
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
-        id2label = kwargs.pop("id2label", None)
+        id2label = kwargs.pop("id2label", None) or (index.get("id2label") if isinstance(index, dict) else None)
         components = {"tokenizer": kwargs.pop("tokenizer")} if "tokenizer" in kwargs else {}
         tokenizer_entry = index.get("tokenizer") or [None, None]
         if "tokenizer" not in components and tokenizer_entry[0] is not None:

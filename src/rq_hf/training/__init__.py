@@ -9,22 +9,13 @@ The names below are imported lazily (on first attribute access), so that a scrip
 diffusers imports: ``--help`` stays fast.
 """
 
-import importlib
-from typing import Any
+from ..lazy_exports import lazy_exports
 
 _EXPORTS = {
     "adaptive_weight": "adversarial",
     "adopt_weight": "adversarial",
     "generator_adversarial_loss": "adversarial",
     "hinge_d_loss": "adversarial",
-    "FASHION_MNIST_CLASSES": "data",
-    "ImageBatchTransform": "data",
-    "ImageTransform": "data",
-    "check_image_dataset": "data",
-    "collate_images": "data",
-    "load_fashion_mnist": "data",
-    "load_image_dataset": "data",
-    "with_image_transform": "data",
     "PatchGANDiscriminator": "discriminator",
     "make_ema_model": "ema",
     "LPIPS": "perceptual",
@@ -32,15 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

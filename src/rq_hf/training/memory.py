@@ -177,9 +177,10 @@ def profile_training_memory(
     Returns:
         [`MemoryProfile`].
     """
+    from ..models.hub_utils import tensors_on_meta
+
     parameters = list(model.parameters())
-    on_meta = [p.device.type == "meta" for p in parameters] + [b.device.type == "meta" for b in model.buffers()]
-    if not all(on_meta):
+    if len(tensors_on_meta(model)) < len(parameters) + len(list(model.buffers())):
         devices = sorted({str(p.device) for p in parameters})
         raise ValueError(
             "`model` must live on the meta device (build it under `with torch.device('meta'):`), "

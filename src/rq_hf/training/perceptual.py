@@ -144,16 +144,17 @@ class LPIPS(nn.Module):
 
     def save_pretrained(self, path: PathLike) -> None:
         """Save the weights to one ``.safetensors`` (or ``.pth``) file that :meth:`from_pretrained` reads."""
+        from ..models.atomic_save import atomic_save_file
+
         path = os.fspath(path)
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        tmp = path + ".tmp"
-        if path.endswith(".safetensors"):
-            from safetensors.torch import save_file
+        with atomic_save_file(path) as tmp:
+            if path.endswith(".safetensors"):
+                from safetensors.torch import save_file
 
-            save_file(state, tmp)
-        else:
-            torch.save(state, tmp)
-        os.replace(tmp, path)
+                save_file(state, tmp)
+            else:
+                torch.save(state, tmp)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Return the LPIPS distance of ``input`` and ``target`` ((B, C, H, W) in [-1, 1]), shape (B,)."""

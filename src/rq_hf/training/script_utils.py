@@ -9,20 +9,16 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
     add_data_args(parser)                   # --dataset_name, --train_data_dir, --image_column, ...
     add_optimization_args(parser, learning_rate=3e-4, adam_beta2=0.95, lr_scheduler="cosine")
     add_bookkeeping_args(parser, output_dir="rq-transformer")
-    add_debug_args(parser)
     ...script-specific flags...
     args = parser.parse_args(argv)
     check_common_args(args)
 
     accelerator = make_accelerator(args)           # seeds too; seedable, epoch-dependent shuffling
-    progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
     loader = accelerator.prepare(make_train_dataloader(dataset, args, collate_fn))
     schedule = compute_schedule(len(loader), args)  # after prepare: the loader is sharded
     lr_scheduler = make_lr_scheduler(optimizer, args, schedule, accelerator.num_processes)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
-    resume_path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
-    if resume_path: accelerator.load_state(resume_path)   # restores progress too
+    progress = resume_training(accelerator, args)  # a new TrainingProgress, or the checkpoint's
     init_trackers(accelerator, args, "rq-transformer")
     for epoch, batch in iterate_epochs(loader, progress, schedule):   # resumes mid-epoch exactly
         ...
@@ -32,9 +28,8 @@ The flag names follow diffusers' ``examples/vqgan/train_vqgan.py``. A stage-2 sc
         if accelerator.sync_gradients:
             progress.global_step += 1
             maybe_save_checkpoint(accelerator, args, progress.global_step)
-            debug_hooks_after_step(args, progress.global_step)
             if progress.global_step >= schedule.max_train_steps: break
-    finish(accelerator, args, model_to_save)   # save_pretrained + card + push
+    save_and_push(model_to_save, args, metrics=..., description=...)   # save_pretrained + card + push
 
 Checkpoints are folders ``output_dir/checkpoint-<step>`` written by ``accelerator.save_state`` on every
 process into a hidden staging folder that the main process moves into place when all processes are done
@@ -53,7 +48,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -69,14 +63,11 @@ __all__ = [
     "TrainingProgress",
     "add_bookkeeping_args",
     "add_data_args",
-    "add_debug_args",
     "add_optimization_args",
     "check_common_args",
     "checkpoint_problem",
     "compute_schedule",
     "count_skipped_images",
-    "debug_hooks_after_step",
-    "dump_debug_state",
     "get_last_checkpoint",
     "guard_finite",
     "hub_repo_id",
@@ -87,18 +78,20 @@ __all__ = [
     "make_lr_scheduler",
     "make_train_dataloader",
     "maybe_save_checkpoint",
-    "push_to_hub",
     "reduce_step_values",
     "resolve_report_to",
     "resolve_resume_checkpoint",
+    "resume_training",
     "run_cli",
+    "run_script",
+    "save_and_push",
     "save_checkpoint",
-    "write_model_card",
+    "training_card_section",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: ``--dataset_name`` value that loads Fashion-MNIST with :func:`rq_hf.training.load_fashion_mnist`
+#: ``--dataset_name`` value that loads Fashion-MNIST with :func:`rq_hf.data.load_fashion_mnist`
 #: (the Debian ``dataset-fashion-mnist`` files, offline; the Hub dataset elsewhere).
 FASHION_MNIST_NAME = "fashion_mnist"
 #: Trackers ``--report_to`` accepts, with the module that must be importable.
@@ -259,29 +252,6 @@ def add_bookkeeping_args(parser: argparse.ArgumentParser, *, output_dir: str) ->
     return group
 
 
-def add_debug_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Add the test hooks (they exist for the test-suite; a normal run never needs them).
-
-    - ``--debug_nan_at_step N``: the loss of optimisation step N becomes NaN (a deterministic way to
-      exercise the non-finite-loss guard).
-    - ``--debug_sigkill_at_step N``: after step N is done (and any checkpoint of step N written), the
-      process sends itself SIGKILL (a deterministic crash for the kill-and-resume test).
-    - ``--debug_dump_state``: at the end every process writes its model's state dict to
-      ``output_dir/debug/rank<r>.safetensors`` (to check that all processes hold the same weights and
-      codebooks).
-    """
-    group = parser.add_argument_group("test hooks")
-    group.add_argument("--debug_nan_at_step", type=int, default=None, help="Test hook: NaN loss at step N.")
-    group.add_argument(
-        "--debug_sigkill_at_step", type=int, default=None, help="Test hook: SIGKILL itself after step N."
-    )
-    group.add_argument(
-        "--debug_dump_state", action="store_true",
-        help="Test hook: every process saves its final state dict to output_dir/debug/rank<r>.safetensors.",
-    )
-    return group
-
-
 def _check_positive(args: argparse.Namespace, name: str, allow_none: bool = False) -> None:
     value = getattr(args, name)
     if value is None and allow_none:
@@ -291,7 +261,11 @@ def _check_positive(args: argparse.Namespace, name: str, allow_none: bool = Fals
 
 
 def check_common_args(args: argparse.Namespace) -> None:
-    """Validate the flags added by the ``add_*_args`` helpers; raise ``ValueError`` naming the flag."""
+    """Validate the flags added by the ``add_*_args`` helpers; raise ``ValueError`` naming the flag.
+
+    ``--dataset_name fashion_mnist`` (28x28 images) also switches ``--pad_to_resolution`` on: the images are
+    padded, never resized.
+    """
     if getattr(args, "dataset_name", None) is None and getattr(args, "train_data_dir", None) is None:
         if hasattr(args, "dataset_name"):
             raise ValueError("give `--dataset_name` or `--train_data_dir`, got neither")
@@ -315,6 +289,8 @@ def check_common_args(args: argparse.Namespace) -> None:
 
 
 # ============================================================================================ accelerate
+    if _is_fashion_mnist(args) and hasattr(args, "pad_to_resolution"):
+        args.pad_to_resolution = True
 
 
 def resolve_report_to(report_to: str | None, check_only: bool = False) -> list[str]:
@@ -436,18 +412,22 @@ class MetricsLog:
 # ============================================================================================ data
 
 
+def _is_fashion_mnist(args: argparse.Namespace) -> bool:
+    name = getattr(args, "dataset_name", None)
+    return name == FASHION_MNIST_NAME and not os.path.isdir(name)
+
+
 def load_train_dataset(args: argparse.Namespace, split: str = "train", label_column: str | None = None):
     """Load the training split named by the data flags, with ``--max_train_samples`` applied.
 
-    ``--dataset_name fashion_mnist`` uses :func:`rq_hf.training.load_fashion_mnist` (and switches
-    ``args.pad_to_resolution`` on). Errors (no source, empty dataset, missing column) are ``ValueError``s
-    from :func:`rq_hf.training.load_image_dataset` naming the flag.
+    ``--dataset_name fashion_mnist`` uses :func:`rq_hf.data.load_fashion_mnist`. Errors (no source, empty
+    dataset, missing column) are ``ValueError``s from :func:`rq_hf.data.load_image_dataset` naming the flag.
+    ``args`` is not changed.
     """
-    from rq_hf.training.data import check_image_dataset, load_fashion_mnist, load_image_dataset
+    from rq_hf.data import check_image_dataset, load_fashion_mnist, load_image_dataset
 
-    if args.dataset_name == FASHION_MNIST_NAME and not os.path.isdir(args.dataset_name):
+    if _is_fashion_mnist(args):
         dataset = load_fashion_mnist(split)
-        args.pad_to_resolution = True
         check_image_dataset(dataset, image_column=args.image_column, label_column=label_column,
                             source="fashion_mnist")
     else:
@@ -566,7 +546,7 @@ def iterate_epochs(dataloader, progress: TrainingProgress, schedule: Schedule) -
     """Yield ``(epoch, batch)`` from ``progress.epoch`` on, skipping the batches a resumed run already saw.
 
     Sets the sampler's epoch (``dataloader.set_epoch``) so the shuffled order depends only on the seed and
-    the epoch, tells the dataset's :class:`~rq_hf.training.data.ImageBatchTransform` the epoch (its seeded
+    the epoch, tells the dataset's :class:`~rq_hf.data.ImageBatchTransform` the epoch (its seeded
     augmentations depend on it), uses ``accelerate.skip_first_batches`` for the first, partly consumed
     epoch (skipped batches are not loaded), and keeps ``progress.epoch`` / ``progress.batches_in_epoch``
     up to date. The caller stops it (``break``) when ``max_train_steps`` is reached.
@@ -665,6 +645,22 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
             f"({problem})"
         )
     return resume_from_checkpoint
+
+
+def resume_training(accelerator, args: argparse.Namespace, *state: Any) -> TrainingProgress:
+    """A new :class:`TrainingProgress`, registered for checkpointing together with ``state`` (e.g. an EMA model),
+    and restored with them from ``--resume_from_checkpoint`` when given: the run continues at the saved step,
+    epoch and batch."""
+    progress = TrainingProgress()
+    for obj in (progress, *state):
+        accelerator.register_for_checkpointing(obj)
+    path = resolve_resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
+    if path is not None:
+        logger.info("Resuming from %s", path)
+        accelerator.load_state(path)
+        logger.info("Resumed at step %d (epoch %d, batch %d)", progress.global_step, progress.epoch,
+                    progress.batches_in_epoch)
+    return progress
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None = None) -> str:
@@ -772,7 +768,7 @@ def guard_finite(values: Mapping[str, float], step: int, output_dir: str) -> Non
 
 def count_skipped_images(accelerator, batch: Mapping[str, Any], progress: TrainingProgress,
                          key: str = "pixel_values") -> bool:
-    """Account for the undecodable images of a :func:`rq_hf.training.collate_images` batch, on every process.
+    """Account for the undecodable images of a :func:`rq_hf.data.collate_images` batch, on every process.
 
     One all-reduce sums ``batch["num_skipped"]`` and the number of processes whose ``batch[key]`` is None
     (every row of their batch was dropped); the count is added to ``progress.num_skipped_images`` with a
@@ -792,57 +788,17 @@ def count_skipped_images(accelerator, batch: Mapping[str, Any], progress: Traini
     return bool(flags[1] > 0)
 
 
-def debug_hooks_after_step(args: argparse.Namespace, global_step: int) -> None:
-    """Test hook ``--debug_sigkill_at_step``: SIGKILL this process after step ``global_step``."""
-    if getattr(args, "debug_sigkill_at_step", None) == global_step:
-        logger.warning("--debug_sigkill_at_step %d: killing this process with SIGKILL", global_step)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def dump_debug_state(accelerator, model, output_dir: str) -> str:
-    """Test hook ``--debug_dump_state``: save this process's ``model.state_dict()`` (weights AND buffers,
-    e.g. codebooks) to ``output_dir/debug/rank<r>.safetensors``; returns the path."""
-    from safetensors.torch import save_file
-
-    folder = os.path.join(output_dir, "debug")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"rank{accelerator.process_index}.safetensors")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path)
-    return path
-
-
 # ======================================================================================= final save / Hub
 
 
-def write_model_card(output_dir: str, *, title: str, description: str, tags: list[str],
-                     pipeline_tag: str | None = None, args: argparse.Namespace | None = None) -> str:
-    """Write (or extend) ``output_dir/README.md`` with a ``## Training`` section describing the run.
-
-    Call it after the model's ``save_pretrained`` (rq-hf models write their own card, with usage, metrics
-    and configuration): that card keeps its content and metadata and the training section is appended.
-    Without a card, a minimal one is created.
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from rq_hf.models.atomic_save import atomic_save_directory
-
-    path = os.path.join(output_dir, "README.md")
-    section = f"## Training\n\n{description}\n"
+def training_card_section(description: str, args: argparse.Namespace | None = None) -> str:
+    """The `## Training` section of a trained model's card: `description`, then the flags of the run (not the
+    Hub token)."""
+    section = description.strip() + "\n"
     if args is not None:
-        flags = {k: v for k, v in sorted(vars(args).items())
-                 if k != "hub_token" and not k.startswith("debug_")}
+        flags = {k: v for k, v in sorted(vars(args).items()) if k != "hub_token"}
         section += "\nTraining flags:\n\n```json\n" + json.dumps(flags, indent=2, default=str) + "\n```\n"
-    if os.path.isfile(path):
-        card = ModelCard.load(path)
-        card.text = card.text.rstrip() + "\n\n" + section
-    else:
-        data = ModelCardData(library_name="diffusers", tags=tags, pipeline_tag=pipeline_tag)
-        card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{section}")
-    with atomic_save_directory(output_dir, replace="entries") as staging:  # never a half-written card
-        card.save(os.path.join(staging, "README.md"))
-    return path
+    return section
 
 
 def hub_repo_id(args: argparse.Namespace) -> str:
@@ -850,20 +806,38 @@ def hub_repo_id(args: argparse.Namespace) -> str:
     return args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir))
 
 
-def push_to_hub(model, args: argparse.Namespace, commit_message: str = "End of training", **kwargs) -> str:
-    """Push ``model`` (an rq-hf model or pipeline) with its own ``push_to_hub``; returns the repo id.
-
-    The repo id is :func:`hub_repo_id`. Nothing is re-implemented: the model's ``push_to_hub`` (rq-hf's
-    ``RQHubMixin``) saves into a temporary folder with its model card and uploads it. ``kwargs`` go to it
-    (e.g. ``metrics={"PSNR (dB)": 27.1}``, listed in the card).
+def save_and_push(model, args: argparse.Namespace, *, metrics: dict[str, Any], description: str) -> str | None:
+    """Save the trained `model` (an rq-hf model or pipeline) into ``--output_dir`` with its model card, the card
+    listing `metrics` and a `## Training` section (`description` and the flags); with ``--push_to_hub``, upload
+    that folder, card included (checkpoints stay local). Returns the Hub repo id, or `None` without a push.
     """
-    repo_id = hub_repo_id(args)
-    model.push_to_hub(repo_id, token=args.hub_token, private=args.hub_private, commit_message=commit_message,
-                      **kwargs)
+    from rq_hf.models.hub_utils import push_folder_to_hub
+
+    repo_id = hub_repo_id(args) if args.push_to_hub else None
+    sections = {"Training": training_card_section(description, args)}
+    model.save_pretrained(args.output_dir, metrics=metrics, repo_id=repo_id, model_card_kwargs={"sections": sections})
+    if repo_id is not None:
+        push_folder_to_hub(args.output_dir, repo_id, commit_message="End of training", private=args.hub_private,
+                           token=args.hub_token)
     return repo_id
 
 
 # ============================================================================================ command line
+
+
+def run_script(script: str, argv: list[str]) -> None:
+    """Run ``python <script> <argv>`` in a process of its own, as a user would from a shell.
+
+    Raises ``RuntimeError`` naming the command and its exit status when it fails (its output went to the
+    terminal).
+    """
+    import shlex
+    import subprocess
+
+    command = [sys.executable, script, *argv]
+    returncode = subprocess.run(command).returncode
+    if returncode != 0:
+        raise RuntimeError(f"`{shlex.join(['python', script, *argv])}` failed with exit status {returncode}")
 
 
 def run_cli(

@@ -207,6 +207,8 @@ def full_model_on_main(accelerator, model, unsharded):
     """
     import torch
 
+    from ..models.hub_utils import tensors_on_meta
+
     if not is_sharded(accelerator):
         return unsharded
     state = accelerator.get_state_dict(model)
@@ -221,7 +223,7 @@ def full_model_on_main(accelerator, model, unsharded):
             plain = cls(copy.deepcopy(inner.config))
     plain.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
                           strict=True, assign=True)
-    left = [name for name, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    left = tensors_on_meta(plain)
     if left:
         raise RuntimeError(f"the gathered state dict of {cls.__name__} did not fill {left[:5]}")
     for name, parameter in inner.named_parameters():  # frozen stays frozen (the card and a resume read it)

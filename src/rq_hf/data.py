@@ -1,8 +1,8 @@
-"""Image data for the training scripts: loading (Hub, ``save_to_disk`` folder, imagefolder, Fashion-MNIST),
-transforms written with PIL/numpy/torch (no torchvision here), and a collate function that drops
+"""Image data for training, evaluation and the examples: loading (Hub, ``save_to_disk`` folder, imagefolder,
+Fashion-MNIST), transforms written with PIL/numpy/torch (no torchvision here), and a collate function that drops
 undecodable images.
 
-Typical use in a training script::
+Typical use::
 
     dataset = load_image_dataset(dataset_name=args.dataset_name, image_column=args.image_column)
     transform = ImageTransform(args.resolution, center_crop=args.center_crop, random_flip=args.random_flip)
