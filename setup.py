@@ -23,6 +23,7 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={"rq_hf.evaluation": ["*.safetensors"]},  # the shipped Fashion-MNIST classifier
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.6",

@@ -8,7 +8,8 @@ as written by ``save_pretrained``. Metrics (the logic lives in ``rq_hf.evaluatio
   real-vs-real FID at the same N beside it;
 - for a pipeline: generation FID and KID of ``--num_images`` samples against the evaluation split (with
   real-vs-real at the same N), FID / precision / recall in the feature space of a small classifier trained on
-  the labelled ``--train_split`` (``--classifier_epochs``; cached in ``--output_dir``), the classifier's
+  the labelled ``--train_split`` (``--classifier_epochs``; cached in ``--output_dir``; for Fashion-MNIST at 32x32
+  with ``--pad_to_resolution`` the classifier shipped with rq_hf, ``rq_hf.evaluation.fashion_mnist_classifier``), its
   accuracy on class-conditional samples, and the transformer's NLL in bits per code on the held-out codes.
 
 ``--no_inception`` skips rFID/FID/KID (fast mode). Offline examples::
@@ -111,12 +112,21 @@ def load_split(args: argparse.Namespace, split: str, label_column: str | None, r
 
 def load_or_train_classifier(args: argparse.Namespace, resolution: int, channels: int, num_classes: int,
                              label_column: str, output_dir: str | None):
-    """A SmallImageClassifier trained on --train_split, reused from ``output_dir`` when its settings match."""
+    """A SmallImageClassifier: for Fashion-MNIST at 32x32 (padded) the one shipped with rq_hf, otherwise one trained
+    on --train_split, reused from ``output_dir`` when its settings match."""
     import torch
 
+    from rq_hf.data import FASHION_MNIST_HUB_ID
     from rq_hf.evaluation import SmallImageClassifier, train_classifier
+    from rq_hf.evaluation.fashion_mnist_classifier import WEIGHTS_PATH, load_fashion_mnist_classifier
 
+    shipped = (args.dataset_name == FASHION_MNIST_HUB_ID and (resolution, channels, num_classes) == (32, 1, 10)
+               and args.pad_to_resolution and os.path.isfile(WEIGHTS_PATH))
+    if shipped:
+        print(f"classifier: the shipped Fashion-MNIST classifier {WEIGHTS_PATH}", file=sys.stderr)
+        return load_fashion_mnist_classifier(), WEIGHTS_PATH
     key = {
+        "architecture": "4x4-map-v2",
         "dataset": args.dataset_name or os.path.abspath(args.train_data_dir), "split": args.train_split,
         "resolution": resolution, "channels": channels, "pad": args.pad_to_resolution, "classes": num_classes,
         "epochs": args.classifier_epochs, "max_samples": args.classifier_max_samples, "seed": args.seed,

@@ -77,6 +77,11 @@ def test_guidance_runs_and_changes_samples(pipe):
     guided = pipe(class_labels=[0, 1], guidance_scale=4.0, generator=gen(2), output_type="latent").images
     assert guided.shape == plain.shape
     assert not torch.equal(plain, guided)
+    ramped = pipe(class_labels=[0, 1], guidance_scale=4.0, guidance_schedule="linear", generator=gen(2),
+                  output_type="latent").images
+    direct = pipe.transformer.generate_codes(class_labels=torch.tensor([0, 1]), guidance_scale=4.0,
+                                             guidance_schedule="linear", generator=gen(2))
+    assert torch.equal(ramped, direct)
 
 
 def test_unconditional_num_images(uncond_pipe):

@@ -25,7 +25,8 @@ def test_quick_mode_writes_pipeline_grids_and_metrics(tmp_path, capsys):
     quickstart = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quickstart)
 
-    metrics = quickstart.main(["--quick", "--output_dir", str(tmp_path), "--mixed_precision", "no"])
+    metrics = quickstart.main(["--quick", "--output_dir", str(tmp_path), "--mixed_precision", "no",
+                               "--guidance_schedule", "linear"])
 
     from rq_hf.data import FASHION_MNIST_CLASSES
     from rq_hf.pipelines.pipeline_rq_transformer import RQTransformerPipeline
@@ -45,3 +46,9 @@ def test_quick_mode_writes_pipeline_grids_and_metrics(tmp_path, capsys):
     assert saved["test_bits_per_code"] == pytest.approx(metrics["test_bits_per_code"])
     out = capsys.readouterr().out
     assert "Reconstruction PSNR" in out and "bits per code" in out
+    # the shipped classifier judges real test images, reconstructions and 10 samples (one per class)
+    assert saved["accuracy_real"] > 0.7  # 64 real test images; chance is 0.1
+    assert 0 <= saved["accuracy_reconstructions"] <= 1 and saved["num_accuracy_samples"] == 10
+    assert saved["accuracy_samples"] in [i / 10 for i in range(11)]
+    assert saved["sampling"]["guidance_schedule"] == "linear"
+    assert "Class accuracy" in out

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rq_hf import RQTransformerConfig, RQTransformerForCausalImageModeling
+from rq_hf.models.modeling_rq_transformer import guidance_scales
 
 VOCAB = 12
 SHAPE = (2, 3, 3)  # h, w, D
@@ -48,6 +49,27 @@ def test_cached_greedy_equals_argmax_of_full_forward(model, guidance_scale):
         null = model(codes, class_labels=torch.full_like(labels, 5)).logits
         logits = null + guidance_scale * (logits - null)
     assert torch.equal(codes, logits.argmax(dim=-1))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_guidance_schedule_ramps_the_scale_over_positions(model, schedule):
+    labels = torch.tensor([1, 2])
+    codes = model.generate_codes(class_labels=labels, top_k=1, guidance_scale=4.0, guidance_schedule=schedule)
+    h, w, _ = SHAPE
+    scales = torch.tensor(guidance_scales(4.0, schedule, h * w)).view(1, h, w, 1, 1)
+    logits = model(codes, class_labels=labels).logits
+    null = model(codes, class_labels=torch.full_like(labels, 5)).logits
+    assert torch.equal(codes, (null + scales * (logits - null)).argmax(dim=-1))
+    constant = model.generate_codes(class_labels=labels, top_k=1, guidance_scale=4.0)
+    assert not torch.equal(codes, constant)  # the ramp is used
+
+
+def test_guidance_scales_values():
+    assert guidance_scales(2.0, "constant", 4) == [2.0] * 4
+    assert guidance_scales(3.0, "linear", 5) == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0])
+    cosine = guidance_scales(3.0, "cosine", 5)
+    assert cosine == pytest.approx([1.0, 1 + 2 * (1 - 2**-0.5) / 2, 2.0, 1 + 2 * (1 + 2**-0.5) / 2, 3.0])
+    assert guidance_scales(3.0, "linear", 1) == [3.0]
 
 
 def test_same_seed_same_codes_other_seed_other_codes(model):
@@ -155,6 +177,7 @@ def test_unconditional_sampling_and_bf16_autocast():
         (dict(temperature=0.0), "temperature"),
         (dict(temperature=-1.0), "temperature"),
         (dict(guidance_scale=-1.0), "guidance_scale"),
+        (dict(guidance_scale=2.0, guidance_schedule="exponential"), "guidance_schedule"),
         (dict(num_prefix_positions=-1), "num_prefix_positions"),
         (dict(num_prefix_positions=7, prefix_codes=torch.zeros(1, *SHAPE, dtype=torch.long)),
          "num_prefix_positions"),

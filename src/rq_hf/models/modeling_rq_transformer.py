@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -84,7 +85,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.utils import ModelOutput
 
-from .checks import check_generator, check_int, check_sampling_args
+from .checks import GUIDANCE_SCHEDULES, check_choice, check_generator, check_int, check_sampling_args
 from .configuration_rq_transformer import RQTransformerConfig
 from .hub_utils import RQHubMixin
 
@@ -730,6 +731,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
         text_ids: torch.LongTensor | None = None,
         negative_text_ids: torch.LongTensor | None = None,
         compile: bool | str = False,
+        guidance_schedule: str = "constant",
     ) -> torch.LongTensor:
         """Sample code maps autoregressively: h * w spatial steps, each followed by D depth steps.
 
@@ -747,6 +749,10 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                 text-conditional models); with s != 1 the conditional and the unconditional rows (null class, or the
                 empty caption / `negative_text_ids`) run in one batch and the logits become uncond + s * (cond -
                 uncond).
+            guidance_schedule (`str`, *optional*, defaults to `"constant"`): how the scale moves over the code
+                positions (raster order): `"constant"` (s at every position), or a ramp from 1 (no guidance) at the
+                first position to s at the last, `"linear"` or `"cosine"` (half a cosine period), as VAR and RAR ramp
+                theirs.
             generator (`torch.Generator | list[torch.Generator]`, *optional*): a `torch.Generator`, or a list
                 with one per sample (per-sample reproducibility).
             use_cache (`bool`, *optional*, defaults to `True`): keep keys/values of both transformers; `False`
@@ -789,6 +795,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             top_k, top_p, temperature, guidance_scale, depth
         )
         guided = guidance_scale != 1.0
+        scales = guidance_scales(guidance_scale, guidance_schedule, num_positions)
         if guided and self.config.condition_type == "none":
             raise ValueError(
                 "`guidance_scale` must be 1.0 for an unconditional model (condition_type='none'), "
@@ -861,7 +868,7 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
                     logits = logits.float()
                 if guided:
                     conditional, unconditional = logits.chunk(2)
-                    logits = unconditional + guidance_scale * (conditional - unconditional)
+                    logits = unconditional + scales[position] * (conditional - unconditional)
                 candidates = None
                 if top_ks[d] is not None:
                     logits, candidates = logits.topk(top_ks[d], dim=-1)
@@ -875,6 +882,19 @@ class RQTransformerForCausalImageModeling(RQTransformerPreTrainedModel):
             if callback is not None and callback(position, num_positions, output) is True:
                 break
         return output.clone()
+
+
+def guidance_scales(guidance_scale: float, schedule: str, num_positions: int) -> list[float]:
+    """The classifier-free guidance scale of each of `num_positions` positions under `schedule` (see
+    [`RQTransformerForCausalImageModeling.generate_codes`]): ramps go from 1 at the first position to
+    `guidance_scale` at the last."""
+    check_choice("guidance_schedule", schedule, GUIDANCE_SCHEDULES)
+    if schedule == "constant" or num_positions == 1:
+        return [float(guidance_scale)] * num_positions
+    ramp = [t / (num_positions - 1) for t in range(num_positions)]
+    if schedule == "cosine":
+        ramp = [(1 - math.cos(math.pi * r)) / 2 for r in ramp]
+    return [1.0 + (guidance_scale - 1.0) * r for r in ramp]
 
 
 class _StaticDecoding:

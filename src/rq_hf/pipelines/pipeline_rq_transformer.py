@@ -26,7 +26,7 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..lora import RQTransformerLoraLoaderMixin
 from ..models.atomic_save import commit  # noqa: F401  (hub_utils needs the file; diffusers copies only direct imports)
-from ..models.checks import check_choice, check_generator, check_int, check_sampling_args
+from ..models.checks import GUIDANCE_SCHEDULES, check_choice, check_generator, check_int, check_sampling_args
 from ..models.hub_utils import RQHubMixin, copy_module_sources, describe_folder, prepare_pretrained_path
 from ..models.tokenization_rq_transformer import tokenize_captions
 
@@ -313,6 +313,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         compile: bool | str = False,
+        guidance_schedule: str = "constant",
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -327,6 +328,8 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
             guidance_scale (`float`, *optional*, defaults to `1.0`): classifier-free guidance scale for class- and
                 text-conditional models (1 = no guidance). The unconditional branch (the null class, or
                 `negative_prompt` / the empty caption) runs in the same batch as the conditional one.
+            guidance_schedule (`str`, *optional*, defaults to `"constant"`): `"constant"`, or a ramp of the scale
+                over the code positions from 1 to `guidance_scale`: `"linear"` or `"cosine"` (see `generate_codes`).
             generator (`torch.Generator | list[torch.Generator]`, *optional*): a `torch.Generator`, or one per
                 image for per-image reproducibility.
             image (`PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor`, *optional*): with
@@ -364,6 +367,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
         # every argument is checked here, before any tokenizing, encoding or sampling (`generate_codes` runs the
         # same shared checks for its direct callers)
         check_sampling_args(top_k, top_p, temperature, guidance_scale, self.transformer.config.code_depth)
+        check_choice("guidance_schedule", guidance_schedule, GUIDANCE_SCHEDULES)
         self._interrupt = False
         device = self._execution_device
         condition, batch_size = self._condition(
@@ -397,6 +401,7 @@ class RQTransformerPipeline(RQHubMixin, RQTransformerLoraLoaderMixin, DiffusionP
                 top_p=top_p,
                 temperature=temperature,
                 guidance_scale=guidance_scale,
+                guidance_schedule=guidance_schedule,
                 generator=generator,
                 prefix_codes=prefix,
                 num_prefix_positions=num_prefix_positions,
