@@ -1,15 +1,15 @@
 #!/usr/bin/env python
-"""The quickstart: both stages of RQ-Transformer on Fashion-MNIST in about 10 minutes on 2 CPU cores.
+"""The quickstart: both stages of RQ-Transformer on Fashion-MNIST in about 13 minutes on 2 CPU cores.
 
     python examples/quickstart.py --output_dir quickstart
 
 1. trains a small RQ-VAE with ``examples/train_rqvae.py`` (32x32 grayscale images: Fashion-MNIST padded from
    28x28; channels 16/32/64, 8x8x4 codes from 256 shared codes; batch 64, cosine learning rate;
-   ``--rqvae_steps``, about 3 minutes for the default 700 steps). The adversarial loss is off: it doubles the
+   ``--rqvae_steps``, about 4 minutes for the default 700 steps). The adversarial loss is off: it doubles the
    cost of a step and does not pay off in a run this short;
 2. trains a class-conditional RQ-Transformer on the codes of the frozen RQ-VAE, images encoded on the fly,
    with ``examples/train_rq_transformer.py`` (hidden 128, 4 spatial + 1 depth layers, class dropout 0.1 for
-   classifier-free guidance; ``--transformer_steps``, about 6 minutes for the default 850 steps), which saves
+   classifier-free guidance; ``--transformer_steps``, about 8 minutes for the default 850 steps), which saves
    the whole pipeline (RQ-VAE + transformer + class names) in ``output_dir/pipeline``;
 3. reloads it with ``RQTransformerPipeline.from_pretrained`` and writes ``output_dir/samples_per_class.png``
    (one row per class, top to bottom the classes of ``FASHION_MNIST_CLASSES``; guidance 2, top-k 64, top-p

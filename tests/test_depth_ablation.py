@@ -5,6 +5,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 
 import PIL.Image
 import pytest
@@ -17,6 +18,7 @@ def load_script(name):
     path = os.path.join(ROOT, "benchmarks", f"{name}.py")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
